@@ -1,0 +1,3 @@
+from fdrl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Corpus readers: turn a corpus into manifest rows. Never imports the model."""

@@ -1,0 +1,1 @@
+"""Frozen/trainable speech and text encoders, plus the on-disk feature cache."""

@@ -1,0 +1,99 @@
+"""What every model in the toolkit accepts and returns, so one trainer serves them all.
+
+A model is an :class:`EmotionModel`: ``forward(inputs, labels=None, speakers=None)``
+returns a :class:`ModelOutput` whose ``loss`` is ``None`` when no labels are given
+(the cheap inference path). Training-time schedules reach the model through
+:meth:`EmotionModel.set_progress` (called every step) and
+:meth:`EmotionModel.end_epoch` (called once per epoch; returns values to log).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Inputs:
+    """One batch of model inputs. Missing modalities are ``None``.
+
+    ``speech`` is one of: pooled vectors (B, d_a); frame features (B, L_a, d_a) with
+    ``speech_mask`` (B, L_a), True = real frame; raw waveforms (B, T) with
+    ``speech_mask`` (B, T) for a trainable backbone.
+    ``text`` is pooled vectors (B, d_t), token features (B, L_t, d_t) with
+    ``text_mask``, or token ids (B, L_t) (long) with ``text_mask`` for a backbone.
+    """
+
+    speech: torch.Tensor | None = None
+    speech_mask: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        t = self.speech if self.speech is not None else self.text
+        return int(t.shape[0])
+
+    def to(self, device: torch.device | str) -> "Inputs":
+        def mv(t):
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return Inputs(mv(self.speech), mv(self.speech_mask), mv(self.text), mv(self.text_mask))
+
+
+@dataclass
+class ModelOutput:
+    """What a model returns.
+
+    logits:     (B, C) emotion logits.
+    loss:       scalar total loss, or None when called without labels.
+    terms:      named loss terms (unweighted, detached floats are fine) for logging.
+    embeddings: named (B, d) representations (e.g. ``S_a``, ``P_t``, ``emotion``)
+                kept for figures, probes and ``--embeddings`` at inference.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class EmotionModel(nn.Module):
+    """Base class. Subclasses implement ``forward``; the hooks default to no-ops."""
+
+    #: modalities the model reads: subset of {"speech", "text"}
+    modalities: tuple[str, ...] = ("speech", "text")
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress p in [0, 1] (for GRL lambda schedules and the like)."""
+
+    def end_epoch(self) -> dict[str, float]:
+        """Called after each training epoch; returns scalars to log (e.g. mu)."""
+        return {}
+
+    def state_for_log(self) -> dict[str, float]:
+        """Scalars worth logging every step (e.g. the current GRL lambda)."""
+        return {}
+
+
+@dataclass
+class InputSpec:
+    """What the data provide, so a model can size its input layers.
+
+    ``*_dim`` is None when the modality is absent. ``*_sequence`` is True when the
+    inputs are (B, L, d) sequences with a mask rather than pooled (B, d) vectors.
+    ``*_backbone`` is a trainable encoder module (end-to-end fine-tuning), built
+    outside the model (the model never loads weights from paths); when given, the
+    inputs are raw waveforms / token ids and the backbone yields the features.
+    """
+
+    num_classes: int
+    speech_dim: int | None = None
+    text_dim: int | None = None
+    speech_sequence: bool = False
+    text_sequence: bool = False
+    num_speakers: int = 0
+    speech_backbone: nn.Module | None = None
+    text_backbone: nn.Module | None = None
