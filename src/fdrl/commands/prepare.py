@@ -102,7 +102,11 @@ def _manifest(args: argparse.Namespace) -> int:
 def _parse_spec(value: str | None, default: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return dict(default) if default else None
-    text = Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value
+    text = value
+    if not value.lstrip().startswith("{"):  # a file name, not inline JSON
+        if not Path(value).is_file():
+            raise ConfigError(f"--features-spec: {value} is neither a JSON object nor an existing file")
+        text = Path(value).read_text(encoding="utf-8")
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -124,7 +124,7 @@ def _read_table(path: Path) -> tuple[dict[str, int], Iterator[tuple[int, dict[st
                 row["__extra__"] = extra
             rows.append((reader.line_num, row))
         return {c: 1 for c in columns}, iter(rows), []
-    if suffix in (".jsonl", ".ndjson", ".json"):
+    if suffix in (".jsonl", ".ndjson"):
         rows, problems, columns = [], [], {}
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -141,7 +141,8 @@ def _read_table(path: Path) -> tuple[dict[str, int], Iterator[tuple[int, dict[st
                 columns.setdefault(k, lineno)
             rows.append((lineno, row))
         return columns, iter(rows), problems
-    raise DataError(f"{path}: unsupported corpus file type '{path.suffix}'; use .csv, .tsv or .jsonl")
+    raise DataError(f"{path}: unsupported corpus file type '{path.suffix}'; use .csv, .tsv or "
+                    f".jsonl (one JSON object per line)")
 
 
 def _blank(v: Any) -> bool:
@@ -250,14 +251,14 @@ def prepare_custom(file: str | os.PathLike, out: str | os.PathLike,
             row["audio"] = str(audio)
         if row.get("features") is not None:
             problems.extend(f"{where}: {p}" for p in _check_features_ref(row, base, stores))
-        for key in ("duration",):
-            if row.get(key) is not None:
-                try:
-                    row[key] = float(row[key])
-                    if row[key] < 0:
-                        raise ValueError
-                except (TypeError, ValueError):
-                    problems.append(f"{where}: {key} must be a non-negative number of seconds, got {raw[key]!r}")
+        if row.get("duration") is not None:
+            try:
+                row["duration"] = float(row["duration"])
+            except (TypeError, ValueError):
+                row["duration"] = -1.0
+            if not row["duration"] >= 0:  # also catches NaN
+                problems.append(f"{where}: duration must be a non-negative number of seconds, "
+                                f"got {raw['duration']!r}")
         if row.get("scripted") is not None:
             try:
                 row["scripted"] = _as_bool(row["scripted"])
@@ -286,6 +287,9 @@ def prepare_custom(file: str | os.PathLike, out: str | os.PathLike,
 
     if not problems and not rows:
         problems.append("no rows left" + (f" ({dropped} dropped by the label map)" if dropped else ""))
+    for store in stores.values():
+        if store is not None:
+            store.close()
     if problems:
         raise DataError(problem_report(f"{path}: {len(problems)} problem(s) in {n_rows} rows; "
                                        f"nothing was written", problems))

@@ -112,10 +112,10 @@ _PHRASES = {
 
 # P(phrase pool | label); the remainder is a plain, neutral-worded sentence.
 _PHRASE_MIX = {
-    "angry": {"angry": 0.34, "negative": 0.24, "exclaim": 0.12},
-    "happy": {"happy": 0.46, "exclaim": 0.24},
+    "angry": {"angry": 0.40, "negative": 0.22, "exclaim": 0.10},
+    "happy": {"happy": 0.50, "exclaim": 0.22},
     "neutral": {"hedge": 0.25},
-    "sad": {"sad": 0.34, "negative": 0.24, "hedge": 0.12},
+    "sad": {"sad": 0.40, "negative": 0.22, "hedge": 0.10},
 }
 # P(sentence ends with "!"): an arousal cue in writing, shared by angry and happy.
 _EXCLAIM_PROB = {"angry": 0.5, "happy": 0.5, "neutral": 0.05, "sad": 0.05}
@@ -162,10 +162,10 @@ class Prosody:
 
 # High-arousal pair and low-arousal pair differ a lot; inside a pair only a little.
 PROSODY = {
-    "angry": Prosody(f0_st=3.0, range_st=2.2, rate=1.22, level_db=6.0, tilt=0.55, breath=0.00),
-    "happy": Prosody(f0_st=3.6, range_st=2.8, rate=1.14, level_db=5.0, tilt=0.35, breath=0.01),
+    "angry": Prosody(f0_st=3.5, range_st=2.4, rate=1.22, level_db=7.0, tilt=0.55, breath=0.00),
+    "happy": Prosody(f0_st=3.8, range_st=2.8, rate=1.16, level_db=6.5, tilt=0.35, breath=0.01),
     "neutral": Prosody(f0_st=0.0, range_st=1.4, rate=1.00, level_db=0.0, tilt=0.00, breath=0.02),
-    "sad": Prosody(f0_st=-0.9, range_st=1.0, rate=0.88, level_db=-2.5, tilt=-0.20, breath=0.04),
+    "sad": Prosody(f0_st=-0.6, range_st=1.1, rate=0.90, level_db=-1.5, tilt=-0.15, breath=0.04),
 }
 
 # Formants (Hz) and bandwidths of a reference male vowel set; speakers scale them.
@@ -211,7 +211,7 @@ def make_speaker(seed: int, index: int) -> Speaker:
         level_db=float(rng.uniform(-4.0, 4.0)),
         tilt=float(rng.uniform(-0.3, 0.3)),
         breath=float(rng.uniform(0.01, 0.06)),
-        expressiveness=float(rng.uniform(0.6, 1.3)),
+        expressiveness=float(rng.uniform(0.7, 1.3)),
     )
 
 
@@ -267,10 +267,10 @@ def synthesize(spk: Speaker, label: str, duration: float, rng: np.random.Generat
     x = spk.expressiveness * rng.uniform(0.75, 1.25)  # how much emotion this take shows
 
     # Per-utterance prosody: speaker habit + scaled emotion shift + take-to-take noise.
-    f0_st = x * emo.f0_st + rng.normal(0.0, 1.2)
+    f0_st = x * emo.f0_st + rng.normal(0.0, 1.0)
     range_st = max(0.3, (1.2 + x * (emo.range_st - 1.2)) * rng.uniform(0.7, 1.3))
     rate = spk.rate * (1 + x * (emo.rate - 1)) * rng.uniform(0.85, 1.15)
-    level_db = spk.level_db + x * emo.level_db + channel[0] + rng.normal(0.0, 2.0)
+    level_db = spk.level_db + x * emo.level_db + channel[0] + rng.normal(0.0, 1.5)
     tilt = spk.tilt + x * emo.tilt + rng.normal(0.0, 0.25)
     breath = max(0.0, spk.breath + emo.breath + rng.normal(0.0, 0.01))
 
@@ -330,7 +330,7 @@ def synthesize(spk: Speaker, label: str, duration: float, rng: np.random.Generat
     before = onsets[nxt_c] - t  # (N,) seconds until it starts
     in_burst = (nxt < n_syl) & has_burst[nxt_c] & (before > 0) & (before < burst_len[nxt_c])
     noise = np.diff(rng.standard_normal(n + 1))  # (N,) first difference: high-passed
-    speech = voiced + 0.35 * noise * in_burst
+    speech = voiced + 0.15 * noise * in_burst
 
     # Level, then the room: a session noise floor that does not follow the voice.
     speech *= 0.05 * 10 ** (level_db / 20)

@@ -55,20 +55,23 @@ class FeatureStore:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"{self.path}: feature store not found")
-        try:
-            self._npz = np.load(self.path, allow_pickle=False)
-            files = set(self._npz.files)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{self.path}: not a readable .npz feature store ({exc})") from None
-        self.offset_layout = set(OFFSET_KEYS) <= files
         self._frames: np.ndarray | None = None
         self.dim: int | None = None  # feature dimension when known without reading every array
         self.labels: dict[str, str] | None = None  # utt_id -> label when the store has `label`
-        if self.offset_layout:
-            self._open_offset(files)
-        else:
-            self._keys = list(self._npz.files)
-            self._index = {k: i for i, k in enumerate(self._keys)}
+        try:
+            self._npz = np.load(self.path, allow_pickle=False)
+            if not isinstance(self._npz, np.lib.npyio.NpzFile):
+                raise ValueError("this is a single array, not an .npz archive")
+            files = set(self._npz.files)
+            self.offset_layout = set(OFFSET_KEYS) <= files
+            if self.offset_layout:
+                self._open_offset(files)
+            else:
+                self._keys = list(self._npz.files)
+                self._index = {k: i for i, k in enumerate(self._keys)}
+        except (OSError, ValueError, KeyError) as exc:
+            # Not a zip, object arrays (pickles are refused), a member that is not .npy ...
+            raise DataError(f"{self.path}: not a readable .npz feature store ({exc})") from None
 
     def _open_offset(self, files: set[str]) -> None:
         ids = self._npz["utt_id"]
@@ -102,6 +105,10 @@ class FeatureStore:
             major, _ = fmt.read_magic(fh)
             read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
             return tuple(read(fh)[0])
+
+    def close(self) -> None:
+        """Release the open file (arrays already read stay usable)."""
+        self._npz.close()
 
     def keys(self) -> list[str]:
         """Utterance ids in store order."""
@@ -333,6 +340,7 @@ def prepare_feature_dump(npz: str | os.PathLike, transcripts: str | os.PathLike 
             row["duration"] = round(store.length(utt) * float(hop) / float(sr), 4)
         row["corpus"] = corpus or (t.get("corpus") if t else None) or npz_path.stem
         rows.append(row)
+    store.close()
     if unlabelled:
         raise DataError(f"{npz_path}: {len(unlabelled)} utterances have no label (the store has no "
                         f"'label' array and the transcripts lack them), e.g. {unlabelled[:5]}")

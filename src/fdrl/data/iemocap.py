@@ -27,6 +27,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from fdrl.data.manifest import LABELS_NAME, MANIFEST_NAME, write_manifest
 from fdrl.errors import ConfigError, DataError
 
@@ -199,28 +201,32 @@ def prepare_iemocap(root: str | os.PathLike, out: str | os.PathLike, classes: in
 
     rows: list[dict[str, Any]] = []
     no_text, no_wav, bad_ids = 0, [], []
-    for n, sdir in sorted(sessions.items()):
-        for eval_file in _dialog_files(sdir, "EmoEvaluation"):
-            dialog = eval_file.stem
-            texts = read_transcription(sdir / "dialog" / "transcriptions" / eval_file.name)
-            for utt, raw, start, end in read_emo_evaluation(eval_file):
-                if raw not in mapping:
-                    continue
-                meta = parse_utt_id(utt)
-                if meta is None:
-                    bad_ids.append(utt)
-                    continue
-                wav = sdir / "sentences" / "wav" / dialog / f"{utt}.wav"
-                if not wav.is_file():
-                    no_wav.append(str(wav))
-                text = texts.get(utt)
-                no_text += text is None
-                rows.append({
-                    "utt_id": utt, "corpus": "iemocap", "session": n, "speaker": meta["speaker"],
-                    "label": mapping[raw], "audio": str(wav) if wav.is_file() else None,
-                    "text": text, "duration": round(end - start, 4), "gender": meta["gender"],
-                    "dialog": dialog, "scripted": "script" in dialog, "label_raw": raw,
-                })
+    dialogs = [(n, sdir, f) for n, sdir in sorted(sessions.items())
+               for f in _dialog_files(sdir, "EmoEvaluation")]
+    # Fast on a local disk; the bar matters on network copies (10k wav stat calls).
+    for n, sdir, eval_file in tqdm(dialogs, desc="IEMOCAP dialogues", unit="dlg", disable=None,
+                                   leave=False):
+        dialog = eval_file.stem
+        texts = read_transcription(sdir / "dialog" / "transcriptions" / eval_file.name)
+        for utt, raw, start, end in read_emo_evaluation(eval_file):
+            if raw not in mapping:
+                continue
+            meta = parse_utt_id(utt)
+            if meta is None:
+                bad_ids.append(utt)
+                continue
+            wav = sdir / "sentences" / "wav" / dialog / f"{utt}.wav"
+            has_wav = wav.is_file()
+            if not has_wav:
+                no_wav.append(str(wav))
+            text = texts.get(utt)
+            no_text += text is None
+            rows.append({
+                "utt_id": utt, "corpus": "iemocap", "session": n, "speaker": meta["speaker"],
+                "label": mapping[raw], "audio": str(wav) if has_wav else None,
+                "text": text, "duration": round(end - start, 4), "gender": meta["gender"],
+                "dialog": dialog, "scripted": "script" in dialog, "label_raw": raw,
+            })
     if not rows:
         raise DataError(f"{root}: no utterances with labels {sorted(mapping)} found in "
                         f"Session*/dialog/EmoEvaluation/*.txt")
