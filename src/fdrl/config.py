@@ -114,7 +114,12 @@ SECTIONS = {"data": DataConfig, "features": FeaturesConfig, "train": TrainConfig
 
 
 def _suggest(key: str, options) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    """The closest valid name: a name the key starts with (``lr_rate`` -> ``lr``), else
+    the nearest by edit similarity."""
+    options = list(options)
+    prefixed = [o for o in options if key.startswith(o) or o.startswith(key)]
+    close = sorted(prefixed, key=len, reverse=True)[:1] or difflib.get_close_matches(
+        key, options, n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

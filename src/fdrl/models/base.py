@@ -65,16 +65,16 @@ class EmotionModel(nn.Module):
 
     #: modalities the model reads: subset of {"speech", "text"}
     modalities: tuple[str, ...] = ("speech", "text")
-    #: per-class task-loss weights (C,) set by the trainer, or None
-    class_weights: torch.Tensor | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # per-class task-loss weights (C,) set by the trainer; not saved with the weights
+        self.register_buffer("class_weights", None, persistent=False)
 
     def set_class_weights(self, weights: torch.Tensor | None) -> None:
         """Per-class weights (C,) for the task loss, or None. Models read
         ``self.class_weights`` when they compute their cross-entropy."""
-        if weights is None:
-            self.class_weights = None
-        else:
-            self.register_buffer("class_weights", weights.float(), persistent=False)
+        self.class_weights = None if weights is None else weights.float()
 
     def set_progress(self, progress: float) -> None:
         """Training progress p in [0, 1] (for GRL lambda schedules and the like)."""

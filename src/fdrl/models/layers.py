@@ -194,7 +194,7 @@ class AttentionPool(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s = self.score(x).squeeze(-1)                          # (B, L)
         if mask is not None:
-            s = s.masked_fill(~mask, float("-inf"))
+            s = s.masked_fill(~mask.bool(), float("-inf"))
         w = torch.softmax(s, dim=-1)                           # (B, L)
         w = torch.nan_to_num(w, nan=0.0)                       # all-padding row -> zeros
         return torch.einsum("bl,bld->bd", w, x)                # (B, d)
@@ -323,8 +323,8 @@ class ModalityInput(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"ModalityInput(kind='sequence') expects (B, L, {self.d_in}) "
                              f"frames, got shape {tuple(x.shape)}")
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        mask = (torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None
+                else mask.bool())
         h = self.norm(x) * mask.unsqueeze(-1)                  # (B, L, d_in), padding = 0
         for conv, norm, s in zip(self.convs, self.conv_norms, self.strides):
             h = conv(h.transpose(1, 2)).transpose(1, 2)        # (B, L', C)

@@ -1,0 +1,438 @@
+"""FDRL: Fine-grained Disentangled Representation Learning (arXiv 2312.13567).
+
+Reads top-down, from the configuration to the whole model:
+
+1. inputs     ModalityInput per modality -> H_a, H_t at a common width
+2. encoders   E_s (shared, one set of weights), E_a, E_t (private)     eq. 3
+3. alignment  GRL -> global discriminator G_d (L_g, eq. 4) and C local
+              discriminators G_d^c on yhat^c * S (L_l, eq. 5), mixed by mu (eq. 6-8)
+4. disparity  modality discriminator GD on P (L_p, eq. 9), orthogonality (L_d, eq. 10)
+5. predictor  FP, one Linear d -> C shared by S = S_a + S_t, P_a, P_t (L_f, eq. 11)
+6. fusion     self-attention over [S_a, S_t, P_a, P_t] + classifier (eq. 12-14)
+
+Total (eq. 15): ``L = L_task + alpha [(1 - mu) L_g + mu L_l] + beta (L_p + L_d) + gamma L_f``,
+weights from :class:`FDRLConfig` only; the terms are pure functions in
+:mod:`fdrl.losses`, summed by :func:`fdrl.losses.combine`.
+
+Choices the paper leaves open (all documented where they are made):
+
+- H_a and H_t have different widths; a per-modality projection (LayerNorm + Linear,
+  :class:`~fdrl.models.layers.ModalityInput`) maps both to ``d_input`` before E_s.
+  The paper is silent on this.
+- The local discriminators' class weights yhat_m = softmax(FP(S_m)) are *detached*:
+  DAAN weights features by predicted probabilities, but letting L_l's gradient flow
+  into FP through the weights would train the predictor to help (not reversed) the
+  discriminators. FP is trained by L_f only.
+- mu is re-estimated once per epoch from the discriminators' epoch-averaged losses
+  (:meth:`FDRL.end_epoch`), starting at ``mu_init`` (DAAN's schedule).
+- With only one of L_g, L_l switched on, that one gets the whole alignment weight
+  alpha (mu is 0 or 1), so ablations S2/S3 remove a term without rescaling the other.
+- Without L_f (ablation S6) the encoders no longer receive FP's gradient, but when the
+  local discriminators are on FP is still fitted on *detached* representations, so
+  their class weights remain predictions rather than a random layer's output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fdrl.errors import ConfigError
+from fdrl.losses import (
+    SPEECH,
+    TEXT,
+    a_distance,
+    combine,
+    disparity_orthogonality,
+    dynamic_factor,
+    global_alignment_loss,
+    local_alignment_losses,
+    modality_disparity_loss,
+    predictor_loss,
+    task_loss,
+)
+from fdrl.models.base import EmotionModel, InputSpec, Inputs, ModelOutput
+from fdrl.models.layers import (
+    MLP,
+    BatchedDiscriminators,
+    CrossModalFusion,
+    GradientReversal,
+    ModalityInput,
+    dann_lambda,
+)
+from fdrl.models.registry import register
+
+#: fusion_tokens -> the representations stacked for the CMF module
+FUSION_TOKENS = {
+    "all": ("S_a", "S_t", "P_a", "P_t"),  # the paper
+    "shared": ("S_a", "S_t"),             # "only shared representations in CMF" (S4 reading)
+    "private": ("P_a", "P_t"),            # "only private representations in CMF" (S5 reading)
+}
+
+
+@dataclass
+class FDRLConfig:
+    """Every hyperparameter of FDRL. The input kinds (pooled / sequence / backbone)
+    come from the data's :class:`~fdrl.models.base.InputSpec`, not from here."""
+
+    # --- widths ---
+    d: int = 128                     # width of S_a, S_t, P_a, P_t (shared/private spaces)
+    hidden: int = 256                # hidden width of the encoders E_s, E_a, E_t
+    d_input: int = 256               # common width of the per-modality projections (paper silent)
+    dropout: float = 0.1             # dropout in projections, encoders, discriminators, fusion
+    # --- sequence front-end (used when a modality arrives as (B, L, d) frames) ---
+    front_end_channels: int = 128    # conv width of the frame front-end
+    front_end_layers: int = 2        # number of 1-D convolutions (kernel 5); 0 = none
+    front_end_stride: int = 2        # stride of the 2nd and later convolutions
+    pooling: Literal["attention", "mean"] = "attention"  # frames -> vector, masked; "mean" with
+                                     # front_end_layers = 0 is the spec's masked mean of H
+    # --- fusion (CMF) ---
+    n_heads: int = 4                 # attention heads; d must be divisible by it
+    fusion_out: Literal["flatten", "mean"] = "flatten"  # K*d (heads concatenated) or mean: d
+    fusion_tokens: Literal["all", "shared", "private"] = "all"  # CMF tokens: [S_a,S_t,P_a,P_t];
+                                     # [S_a,S_t] or [P_a,P_t] (ablations S4/S5, "partial" reading)
+    # --- discriminators ---
+    disc_hidden: int = 128           # hidden width of G_d, G_d^c and GD
+    # --- loss weights (eq. 15; paper: alpha = gamma = 1, beta = 0.5) ---
+    alpha: float = 1.0               # alignment: alpha [(1 - mu) L_g + mu L_l]
+    beta: float = 0.5                # disparity: beta (L_p + L_d)
+    gamma: float = 1.0               # predictor: gamma L_f
+    # --- component switches (paper Table 2 ablations) ---
+    use_global: bool = True          # L_g, global domain discriminator
+    use_local: bool = True           # L_l, per-class local subdomain discriminators
+    use_modality_disc: bool = True   # L_p, global modality discriminator on P
+    use_orthogonality: bool = True   # L_d, orthogonality of S and P
+    orth_reduction: Literal["sum", "mean"] = "sum"  # L_d over d x d entries: sum = eq. 10;
+                                     # mean = MISA's code (sum / d^2; sum grows with batch size)
+    use_predictor: bool = True       # L_f reaches the encoders (False: FP fitted on detached inputs)
+    # --- dynamic factor mu (eq. 6-8) ---
+    mu_variant: Literal["eq8", "daan"] = "eq8"  # eq8: mu = d_g/(d_g+d_l) (paper); daan: 1 - that
+    mu_error: Literal["loss", "error_rate"] = "loss"  # e in d = 2(1-2e): discriminator CE (paper;
+                                     # CE >= 0.5 gives d = 0, mu then stays) or error rate
+    mu_init: float = 0.5             # mu before the first epoch ends
+    mu_fixed: float | None = None    # pin mu (e.g. 0.0 for Fig. 3b "mu = 0"); None = dynamic
+    # --- gradient reversal ---
+    grl_schedule: Literal["dann", "constant"] = "dann"  # dann: lambda_max * (2/(1+e^(-gamma p))-1)
+    grl_gamma: float = 10.0          # steepness of the DANN schedule
+    grl_lambda_max: float = 1.0      # lambda at the end of training (or always, "constant")
+    # --- task loss ---
+    class_weights: list[float] | None = None  # per-class CE weights for L_task; None = unweighted
+                                              # (weights the trainer sets take precedence)
+    # --- extension point: emotion/identity disentanglement (spec identity.md) ---
+    # Reserved for the identity extension, which adds its heads and losses through
+    # FDRL.add_extra_loss. FDRL itself does not implement it; None = off.
+    identity: dict | None = None
+
+
+@dataclass
+class FDRLOutput(ModelOutput):
+    """FDRL's output: :class:`ModelOutput` plus every intermediate the losses use.
+
+    ``embeddings`` holds ``S_a, S_t, P_a, P_t`` (B, d) and ``fused`` (B, fusion width).
+    The discriminator and predictor logits are filled only when labels are given (the
+    inference path skips those heads); in them rows ``[:B]`` are speech, ``[B:]`` text.
+
+    S_a, S_t, P_a, P_t: (B, d) shared / private representations.
+    global_logits:      (2B, 2) G_d on GRL([S_a; S_t]), or None.
+    local_logits:       (C, 2B, 2) G_d^c on yhat^c * GRL([S_a; S_t]), or None.
+    modality_logits:    (2B, 2) GD on [P_a; P_t], or None.
+    predictor_logits:   {"S", "P_a", "P_t"} -> (B, C) FP outputs, or None.
+    """
+
+    S_a: torch.Tensor | None = None
+    S_t: torch.Tensor | None = None
+    P_a: torch.Tensor | None = None
+    P_t: torch.Tensor | None = None
+    global_logits: torch.Tensor | None = None
+    local_logits: torch.Tensor | None = None
+    modality_logits: torch.Tensor | None = None
+    predictor_logits: dict[str, torch.Tensor] | None = None
+
+
+#: an extra loss: fn(model, out, labels, speakers) -> {name: (scalar loss, weight)}
+ExtraLoss = Callable[["FDRL", FDRLOutput, torch.Tensor, "torch.Tensor | None"],
+                     Mapping[str, "tuple[torch.Tensor, float]"]]
+
+
+def _modality_input(cfg: FDRLConfig, dim: int, sequence: bool,
+                    backbone: nn.Module | None) -> ModalityInput:
+    """The input block of one modality; its kind follows what the data provide."""
+    kind = "backbone" if backbone is not None else ("sequence" if sequence else "pooled")
+    return ModalityInput(dim, cfg.d_input, kind=kind, backbone=backbone, dropout=cfg.dropout,
+                         front_end_channels=cfg.front_end_channels,
+                         front_end_layers=cfg.front_end_layers,
+                         stride=cfg.front_end_stride, pooling=cfg.pooling)
+
+
+class FDRL(EmotionModel):
+    """The FDRL model; see the module docstring for the structure and the choices.
+
+    ``forward(inputs, labels=None, speakers=None) -> FDRLOutput``. Without labels only
+    the representations, the fusion and the classifier run (``loss`` is None).
+    Training schedules: :meth:`set_progress` sets the GRL lambda each step;
+    :meth:`end_epoch` re-estimates mu from the epoch's discriminator losses.
+    """
+
+    modalities = ("speech", "text")
+
+    def __init__(self, cfg: FDRLConfig, spec: InputSpec):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = C = spec.num_classes
+        # 1. inputs -> common width (paper silent: H_a, H_t differ in width)
+        self.speech_in = _modality_input(cfg, spec.speech_dim, spec.speech_sequence,
+                                         spec.speech_backbone)
+        self.text_in = _modality_input(cfg, spec.text_dim, spec.text_sequence,
+                                       spec.text_backbone)
+        # 2. encoders (eq. 3): one shared E_s for both modalities, one private per modality
+        self.shared = MLP(cfg.d_input, cfg.hidden, cfg.d, cfg.dropout)      # E_s
+        self.private_a = MLP(cfg.d_input, cfg.hidden, cfg.d, cfg.dropout)   # E_a
+        self.private_t = MLP(cfg.d_input, cfg.hidden, cfg.d, cfg.dropout)   # E_t
+        # 3. fine-grained alignment: one GRL in front of every alignment discriminator
+        self.grl = GradientReversal(self._grl_lambda(0.0))
+        self.global_disc = (MLP(cfg.d, cfg.disc_hidden, 2, cfg.dropout)     # G_d
+                            if cfg.use_global else None)
+        self.local_disc = (BatchedDiscriminators(C, cfg.d, cfg.disc_hidden, 2, cfg.dropout)
+                           if cfg.use_local else None)                       # G_d^1..C
+        mu0 = cfg.mu_init if cfg.mu_fixed is None else cfg.mu_fixed
+        self.register_buffer("mu", torch.tensor(float(mu0)))                # checkpointed
+        # 4. fine-grained disparity: GD, no gradient reversal
+        self.modality_disc = (MLP(cfg.d, cfg.disc_hidden, 2, cfg.dropout)
+                              if cfg.use_modality_disc else None)
+        # 5. fine-grained predictor FP: one layer, shared by S, P_a, P_t (and yhat for L_l)
+        self.predictor = (nn.Linear(cfg.d, C)
+                          if cfg.use_predictor or cfg.use_local else None)
+        # 6. cross-modal fusion + classifier
+        self.fusion_tokens = FUSION_TOKENS[cfg.fusion_tokens]
+        self.fusion = CrossModalFusion(cfg.d, cfg.n_heads, cfg.dropout, cfg.fusion_out)
+        self.classifier = nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.Linear(self.fusion.out_dim(len(self.fusion_tokens)), C))
+
+        # class weights from the config; weights set by the trainer through
+        # EmotionModel.set_class_weights (self.class_weights) take precedence
+        cw = None if cfg.class_weights is None else torch.tensor(cfg.class_weights,
+                                                                  dtype=torch.float32)
+        self.register_buffer("config_class_weights", cw, persistent=False)
+        # epoch sums for mu, laid out [n, g_loss, g_err, l_loss (C), l_err (C)]: sample
+        # count, then per-modality discriminator losses (L_g / 2, L_l^c / 2) and error
+        # rates times samples. A plain attribute, not a buffer: DDP would overwrite
+        # buffers with rank 0's at every forward; end_epoch all-reduces instead.
+        self._acc: torch.Tensor | None = None
+        self.extra_losses: list[ExtraLoss] = []
+
+    # ------------------------------------------------------------------ schedules
+    def _grl_lambda(self, progress: float) -> float:
+        if self.cfg.grl_schedule == "constant":
+            return self.cfg.grl_lambda_max
+        return self.cfg.grl_lambda_max * dann_lambda(progress, self.cfg.grl_gamma)
+
+    def set_progress(self, progress: float) -> None:
+        """Set the GRL lambda from training progress p in [0, 1]."""
+        self.grl.lambd = self._grl_lambda(progress)
+
+    def effective_mu(self) -> float:
+        """mu as used in the loss: the buffer when both L_g and L_l are on, else 0 / 1."""
+        if self.cfg.use_global and self.cfg.use_local:
+            return float(self.mu)
+        return 1.0 if self.cfg.use_local else 0.0
+
+    def state_for_log(self) -> dict[str, float]:
+        return {"mu": self.effective_mu(), "grl_lambda": self.grl.lambd}
+
+    def add_extra_loss(self, fn: ExtraLoss) -> None:
+        """Extension point: ``fn(model, out, labels, speakers)`` returns
+        ``{name: (scalar loss, weight)}``, added to the total and to ``out.terms``.
+        Modules the loss needs must be attached to the model before the optimizer is
+        built (e.g. ``model.add_module("identity_head", head)``)."""
+        self.extra_losses.append(fn)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, inputs: Inputs, labels: torch.Tensor | None = None,
+                speakers: torch.Tensor | None = None) -> FDRLOutput:
+        if inputs.speech is None or inputs.text is None:
+            raise ValueError("FDRL needs both speech and text inputs in every batch")
+        h_a = self.speech_in(inputs.speech, inputs.speech_mask).pooled  # (B, d_input)
+        h_t = self.text_in(inputs.text, inputs.text_mask).pooled        # (B, d_input)
+        B = h_a.shape[0]
+        S_a, S_t = self.shared(torch.cat([h_a, h_t])).split(B)          # (B, d) each, one E_s
+        P_a = self.private_a(h_a)                                       # (B, d)
+        P_t = self.private_t(h_t)                                       # (B, d)
+        reps = {"S_a": S_a, "S_t": S_t, "P_a": P_a, "P_t": P_t}
+        tokens = torch.stack([reps[k] for k in self.fusion_tokens], dim=1)     # (B, K, d)
+        fused = self.fusion(tokens)                                     # (B, K*d) or (B, d)
+        logits = self.classifier(fused)                                 # (B, C)
+        out = FDRLOutput(logits=logits, embeddings={**reps, "fused": fused}, **reps)
+        if labels is None:
+            return out  # inference: no discriminators, no predictor
+        terms, weights = self._losses(out, labels)
+        for fn in self.extra_losses:
+            for name, (term, w) in fn(self, out, labels, speakers).items():
+                if name in terms:
+                    raise ValueError(f"extra loss '{name}' clashes with a built-in term")
+                terms[name], weights[name] = term, float(w)
+        out.loss, out.terms = combine(terms, weights)
+        return out
+
+    def _losses(self, out: FDRLOutput, y: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """All switched-on loss terms (unweighted) and their weights (eq. 15)."""
+        cfg, B = self.cfg, y.shape[0]
+        cw = getattr(self, "class_weights", None)                     # set by the trainer
+        cw = cw if cw is not None else self.config_class_weights
+        terms = {"task": task_loss(out.logits, y, cw)}
+        weights = {"task": 1.0}
+        S = torch.cat([out.S_a, out.S_t])                               # (2B, d): speech, text
+        y_mod = torch.cat([S.new_full((B,), SPEECH, dtype=torch.long),
+                           S.new_full((B,), TEXT, dtype=torch.long)])   # (2B,)
+        mu = self.effective_mu()
+
+        # 5. fine-grained predictor (eq. 11): one call on [S_a + S_t; P_a; P_t]
+        if self.predictor is not None:
+            fp_in = torch.cat([out.S_a + out.S_t, out.P_a, out.P_t])    # (3B, d)
+            if not cfg.use_predictor:
+                fp_in = fp_in.detach()  # ablation S6: fit FP for yhat, leave encoders alone
+            f_S, f_Pa, f_Pt = self.predictor(fp_in).split(B)            # (B, C) each
+            out.predictor_logits = {"S": f_S, "P_a": f_Pa, "P_t": f_Pt}
+            terms["predictor"] = predictor_loss(f_S, f_Pa, f_Pt, y)
+            weights["predictor"] = cfg.gamma
+
+        # 3. fine-grained alignment (eq. 4-5); the GRL makes the encoders fight G_d, G_d^c
+        S_rev = self.grl(S)                                             # (2B, d)
+        g_err = l_err = per_class = None
+        if self.global_disc is not None:
+            g = self.global_disc(S_rev)                                 # (2B, 2)
+            out.global_logits = g
+            terms["align_global"] = global_alignment_loss(g[:B], g[B:])
+            weights["align_global"] = cfg.alpha * (1.0 - mu)
+            g_err = (g.detach().argmax(-1) != y_mod).float().mean()     # ()
+        if self.local_disc is not None:
+            with torch.no_grad():  # yhat detached: L_l must not train FP through the weights
+                yhat = torch.softmax(self.predictor(S), dim=-1)         # (2B, C)
+            x = yhat.t().unsqueeze(-1) * S_rev.unsqueeze(0)             # (C, 2B, d)
+            loc = self.local_disc(x)                                    # (C, 2B, 2)
+            out.local_logits = loc
+            per_class = local_alignment_losses(loc[:, :B], loc[:, B:])  # (C,)
+            terms["align_local"] = per_class.sum()
+            weights["align_local"] = cfg.alpha * mu
+            l_err = (loc.detach().argmax(-1) != y_mod).float().mean(1)  # (C,)
+
+        # 4. fine-grained disparity (eq. 9-10)
+        if self.modality_disc is not None:
+            m = self.modality_disc(torch.cat([out.P_a, out.P_t]))       # (2B, 2), no GRL
+            out.modality_logits = m
+            terms["disparity_modality"] = modality_disparity_loss(m[:B], m[B:])
+            weights["disparity_modality"] = cfg.beta
+        if cfg.use_orthogonality:
+            terms["disparity_orthogonal"] = disparity_orthogonality(
+                out.S_a, out.P_a, out.S_t, out.P_t, reduction=cfg.orth_reduction)
+            weights["disparity_orthogonal"] = cfg.beta
+
+        if self.training:
+            self._accumulate(B, terms.get("align_global"), g_err, per_class, l_err)
+        return terms, weights
+
+    # ------------------------------------------------------------------ mu (eq. 6-8)
+    @torch.no_grad()
+    def _accumulate(self, B: int, L_g, g_err, per_class, l_err) -> None:
+        """Add this batch's per-modality, per-sample discriminator losses and errors."""
+        C = self.num_classes
+        row = self.mu.new_zeros(3 + 2 * C)                  # layout of self._acc
+        row[0] = B
+        if L_g is not None:
+            row[1] = L_g.detach() / 2 * B                   # L_g sums two modality means
+            row[2] = g_err * B
+        if per_class is not None:
+            row[3:3 + C] = per_class.detach() / 2 * B       # (C,)
+            row[3 + C:] = l_err * B                          # (C,)
+        self._acc = row if self._acc is None else self._acc.to(row.device) + row
+
+    @torch.no_grad()
+    def end_epoch(self) -> dict[str, float]:
+        """Re-estimate mu from the epoch's discriminator losses, reset the accumulators.
+
+        Returns mu, grl_lambda and, when the discriminators ran this epoch, d_global /
+        d_local (the clamped A-distance proxies) and the discriminators' mean losses
+        and error rates.
+        """
+        cfg, C = self.cfg, self.num_classes
+        acc = self._acc if self._acc is not None else self.mu.new_zeros(3 + 2 * C)
+        self._acc = None
+        if dist.is_available() and dist.is_initialized():
+            acc = acc.to(self.mu.device)
+            dist.all_reduce(acc)  # sums over ranks, so the means cover the whole epoch
+        acc = acc.double().cpu()
+        n = float(acc[0])
+        stats: dict[str, float] = {}
+        if n > 0:
+            g_loss, g_err = float(acc[1]) / n, float(acc[2]) / n
+            l_loss, l_err = acc[3:3 + C] / n, acc[3 + C:] / n               # (C,) each
+            use_err = cfg.mu_error == "error_rate"
+            e_g, e_l = (g_err, l_err) if use_err else (g_loss, l_loss)
+            if cfg.use_global:
+                stats.update(disc_global_loss=g_loss, disc_global_error=g_err,
+                             d_global=a_distance(e_g))
+            if cfg.use_local:
+                stats.update(disc_local_loss=float(l_loss.mean()),
+                             disc_local_error=float(l_err.mean()),
+                             d_local=sum(a_distance(e) for e in e_l.tolist()) / C)
+            if cfg.use_global and cfg.use_local and cfg.mu_fixed is None:
+                mu = dynamic_factor(e_g, e_l, variant=cfg.mu_variant, error=cfg.mu_error)
+                if mu is not None:  # None: no discriminator beats chance, keep mu
+                    self.mu.fill_(mu)
+        stats["mu"] = self.effective_mu()
+        stats["grl_lambda"] = self.grl.lambd
+        return stats
+
+
+# ---------------------------------------------------------------------- builder
+def _check(cfg: FDRLConfig, spec: InputSpec) -> None:
+    """Raise ConfigError naming the first invalid field."""
+    if spec.speech_dim is None or spec.text_dim is None:
+        raise ConfigError("FDRL needs both speech and text "
+                          f"(speech_dim={spec.speech_dim}, text_dim={spec.text_dim})")
+    choices = {"fusion_out": ("flatten", "mean"), "fusion_tokens": tuple(FUSION_TOKENS),
+               "pooling": ("attention", "mean"), "mu_variant": ("eq8", "daan"),
+               "mu_error": ("loss", "error_rate"), "grl_schedule": ("dann", "constant"),
+               "orth_reduction": ("sum", "mean")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"model.{key}: expected one of {list(allowed)}, "
+                              f"got {getattr(cfg, key)!r}")
+    for key in ("d", "hidden", "d_input", "front_end_channels", "n_heads", "disc_hidden",
+                "front_end_stride"):
+        if int(getattr(cfg, key)) < 1:
+            raise ConfigError(f"model.{key}: expected a positive integer, got {getattr(cfg, key)!r}")
+    if cfg.front_end_layers < 0:
+        raise ConfigError(f"model.front_end_layers: expected >= 0, got {cfg.front_end_layers}")
+    if cfg.d % cfg.n_heads:
+        raise ConfigError(f"model.d: {cfg.d} is not divisible by model.n_heads={cfg.n_heads}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"model.dropout: expected a value in [0, 1), got {cfg.dropout}")
+    if not 0.0 <= cfg.mu_init <= 1.0:
+        raise ConfigError(f"model.mu_init: expected a value in [0, 1], got {cfg.mu_init}")
+    if cfg.mu_fixed is not None and not 0.0 <= cfg.mu_fixed <= 1.0:
+        raise ConfigError(f"model.mu_fixed: expected null or a value in [0, 1], got {cfg.mu_fixed}")
+    if spec.num_classes < 2:
+        raise ConfigError(f"FDRL needs at least 2 classes, the data have {spec.num_classes}")
+    if cfg.class_weights is not None and len(cfg.class_weights) != spec.num_classes:
+        raise ConfigError(f"model.class_weights: expected {spec.num_classes} weights "
+                          f"(one per class), got {len(cfg.class_weights)}")
+    if cfg.identity is not None:
+        # EXTENSION POINT: the identity-disentanglement extension replaces this check
+        # and registers its losses with FDRL.add_extra_loss.
+        raise ConfigError("model.identity: identity disentanglement is not wired into "
+                          "FDRL yet; leave it null")
+
+
+@register("fdrl", FDRLConfig, doc="FDRL (arXiv 2312.13567): shared/private encoders, "
+          "fine-grained alignment (global + per-class adversarial, dynamic mu), disparity "
+          "(modality discriminator + orthogonality), fine-grained predictor, attention fusion; "
+          "needs speech and text")
+def build(cfg: FDRLConfig, spec: InputSpec) -> FDRL:
+    """Validate ``cfg`` against the data and build the model."""
+    _check(cfg, spec)
+    return FDRL(cfg, spec)
