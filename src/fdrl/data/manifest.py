@@ -43,6 +43,7 @@ class Manifest:
     rows: list[dict[str, Any]]
     classes: list[str]
     root: Path = field(default_factory=Path)  # folder the manifest was read from
+    meta: dict[str, Any] = field(default_factory=dict)  # labels.json (e.g. "speech_features")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -71,7 +72,7 @@ class Manifest:
         return all(r.get("audio") or r.get("features") for r in self.rows)
 
     def subset(self, indices) -> "Manifest":
-        return Manifest([self.rows[i] for i in indices], list(self.classes), self.root)
+        return Manifest([self.rows[i] for i in indices], list(self.classes), self.root, self.meta)
 
 
 def write_manifest(out_dir: str | Path, rows: list[dict[str, Any]], classes: list[str],
@@ -121,8 +122,13 @@ def read_manifest(path: str | Path) -> Manifest:
             rows.append(row)
     if not rows:
         raise DataError(f"{mpath}: manifest has no rows")
+    meta: dict[str, Any] = {}
     if lpath.is_file():
-        classes = list(read_json(lpath)["classes"])
+        try:
+            meta = read_json(lpath)
+            classes = list(meta["classes"])
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{lpath}: expected a JSON object with a 'classes' list") from None
     else:
         classes = sorted({r["label"] for r in rows})
     known = set(classes)
@@ -134,4 +140,4 @@ def read_manifest(path: str | Path) -> Manifest:
         if r["utt_id"] in seen:
             raise DataError(f"{mpath}: row {i}: duplicate utt_id '{r['utt_id']}'")
         seen.add(r["utt_id"])
-    return Manifest(rows=rows, classes=classes, root=mpath.parent)
+    return Manifest(rows=rows, classes=classes, root=mpath.parent, meta=meta)

@@ -79,6 +79,11 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
         data = load_feature_data(manifest, cfg, progress=False)
     encoders = {"speech": data.speech.encoder if data.speech else None,
                 "text": data.text.encoder if data.text else None}
+    # precomputed features: record how to compute the same features from new audio
+    # (a feature dump's labels.json says so under "speech_features"), for inference
+    compute = manifest.meta.get("speech_features")
+    if encoders["speech"] and encoders["speech"].get("name") == "precomputed" and compute:
+        encoders["speech"] = {**encoders["speech"], "compute": compute}
     return Prepared(manifest, data, input_spec(data), encoders)
 
 
@@ -118,16 +123,16 @@ def run_fold(cfg: Config, prep: Prepared, fold: Fold, fold_dir: Path, progress: 
                    keep_embeddings=cfg.run.save_representations)
     classes = manifest.classes
     result = {
-        "fold": fold.index, "name": fold.name, "test_group": str(fold.test_group),
+        "fold": fold.index + 1, "name": fold.name, "test_group": str(fold.test_group),
         "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
-        "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
+        "best_epoch": fit.best_epoch + 1, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
         "val": metrics.summary(val.labels, val.preds, classes),
         "test": metrics.summary(test.labels, test.preds, classes),
     }
     if D.is_main():
         save_checkpoint(fold_dir / "model", model, cfg, classes, prep.spec, prep.encoders,
-                        fit.best_epoch, {"val": result["val"], "test": result["test"]},
-                        extra={"fold": fold.index, "test_group": str(fold.test_group)})
+                        fit.best_epoch + 1, {"val": result["val"], "test": result["test"]},
+                        extra={"fold": fold.index + 1, "test_group": str(fold.test_group)})
         rows = manifest.rows
         if cfg.run.save_representations:
             write_npz(fold_dir / "representations.npz", compressed=True,

@@ -256,7 +256,7 @@ class Trainer:
                 for k, v in out.terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n_steps += 1
-            row = {"epoch": epoch}
+            row = {"epoch": epoch + 1}  # 1-based in logs and metrics
             row.update({f"train_{k}": v / max(1, n_steps) for k, v in sums.items()})
             row.update({k: float(v) for k, v in model.state_for_log().items()})
             row.update({k: float(v) for k, v in model.end_epoch().items()})
@@ -272,7 +272,7 @@ class Trainer:
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 bad_epochs += 1
-            row["best_epoch"] = best_epoch
+            row["best_epoch"] = best_epoch + 1
             history.append(row)
             epoch_bar.set_postfix(loss=f"{row.get('train_total', float('nan')):.3f}",
                                   val_uar=f"{row['val_uar']:.3f}")
