@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from fdrl.data.manifest import Manifest, read_manifest
 from fdrl.errors import ConfigError, RunError
 from fdrl.models.base import InputSpec
 from fdrl.training import distributed as D
-from fdrl.training.data import FeatureData, load_feature_data
+from fdrl.training.data import FeatureData, RawData, load_feature_data
 from fdrl.training.runs import aggregate, environment, new_run_dir
 from fdrl.training.trainer import Trainer, predict, resolve_device, seed_everything
 from fdrl.utils.io import read_json, write_json, write_jsonl, write_npz, write_text
@@ -43,12 +44,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
-    """A corpus ready for training: its manifest, features and the model's input spec."""
+    """A corpus ready for training: its manifest, features and the model's input spec.
+
+    With ``features.finetune`` the data are raw (:class:`RawData`) and ``backbones``
+    holds the encoder specs; :meth:`fresh_spec` builds pretrained backbones anew for
+    every model, so one fold's fine-tuning never leaks into the next fold.
+    """
 
     manifest: Manifest
     data: FeatureData
     spec: InputSpec
     encoders: dict
+    backbones: dict = field(default_factory=dict)  # modality -> backbone spec (finetune)
+
+    def fresh_spec(self) -> InputSpec:
+        if not self.backbones:
+            return self.spec
+        from fdrl.encoders.backbone import HFBackbone
+
+        mods = {m: HFBackbone.from_spec(m, s) for m, s in self.backbones.items()}
+        return dataclasses.replace(self.spec, speech_backbone=mods.get("speech"),
+                                   text_backbone=mods.get("text"))
 
 
 def input_spec(data: FeatureData) -> InputSpec:
@@ -67,10 +83,9 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: not set; pass data.manifest=PATH (a folder written by "
                           "`fdrl prepare ...`)")
-    if cfg.features.finetune:
-        raise ConfigError("features.finetune=true trains the encoders end to end; use "
-                          "`fdrl cv` on a GPU machine with the fine-tuning extras (see README)")
     manifest = read_manifest(cfg.data.manifest)
+    if cfg.features.finetune:
+        return prepare_finetune(cfg, manifest)
     # rank 0 fills the feature cache first; the other ranks then read it
     if D.is_main():
         data = load_feature_data(manifest, cfg, progress=progress)
@@ -85,6 +100,33 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
     if encoders["speech"] and encoders["speech"].get("name") == "precomputed" and compute:
         encoders["speech"] = {**encoders["speech"], "compute": compute}
     return Prepared(manifest, data, input_spec(data), encoders)
+
+
+def prepare_finetune(cfg: Config, manifest: Manifest) -> Prepared:
+    """End-to-end fine-tuning (the paper's setting): raw audio + text through trainable
+    transformers backbones that are part of the model."""
+    from fdrl.encoders.backbone import HFBackbone
+
+    specs = {m: getattr(cfg.features, m) for m in ("speech", "text")
+             if getattr(cfg.features, m).get("name", "none") != "none"}
+    if not specs:
+        raise ConfigError("features: both features.speech and features.text are 'none'")
+    for m, s in specs.items():
+        if s.get("name") in ("egemaps", "egemaps-functionals", "logmel", "precomputed"):
+            raise ConfigError(f"features.{m}: '{s.get('name')}' is not a trainable encoder; "
+                              f"features.finetune=true needs a transformers model (name: hf)")
+    if "speech" in specs and not all(r.get("audio") for r in manifest.rows):
+        raise ConfigError("features.finetune with a speech encoder needs an `audio` file on every row")
+    probe = {m: HFBackbone.from_spec(m, s) for m, s in specs.items()}  # loads once: dims, collate
+    data = RawData(manifest, probe, cfg.data.sample_rate, cfg.data.max_seconds,
+                   min_samples=getattr(probe.get("speech"), "min_samples", 0))
+    spec = InputSpec(num_classes=len(manifest.classes),
+                     speech_dim=probe["speech"].out_dim if "speech" in probe else None,
+                     text_dim=probe["text"].out_dim if "text" in probe else None,
+                     num_speakers=len(data.speaker_names))
+    encoders = {m: ({**b.spec(), "finetune": True} if (b := probe.get(m)) else None)
+                for m in ("speech", "text")}
+    return Prepared(manifest, data, spec, encoders, backbones={m: b.spec() for m, b in probe.items()})
 
 
 def _fold_dirname(fold: Fold) -> str:
@@ -112,10 +154,13 @@ def run_fold(cfg: Config, prep: Prepared, fold: Fold, fold_dir: Path, progress: 
     assert not set(val_idx) & set(fold.test), "validation rows must come from training sessions"
     seed_everything(cfg.train.seed + 7919 * fold.index, cfg.train.deterministic)
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg, prep.spec)
+    spec = prep.fresh_spec()
+    model = build_model(cfg, spec)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, cfg.train, device, log_dir=fold_dir,
-                      tensorboard=cfg.run.tensorboard, progress=progress)
+    backbone_params = [p for b in (spec.speech_backbone, spec.text_backbone) if b is not None
+                       for p in b.parameters()]
+    trainer = Trainer(model, cfg.train, device, log_dir=fold_dir, tensorboard=cfg.run.tensorboard,
+                      backbone_params=backbone_params, progress=progress)
     fit = trainer.fit(data, train_idx, val_idx, resume_path=fold_dir / "resume.pt",
                       desc=f"fold {fold.name}")
     val = predict(trainer.net, data, val_idx, cfg.train.eval_batch_size, device, keep_embeddings=False)

@@ -157,3 +157,54 @@ def load_feature_data(manifest: Manifest, cfg: Config, progress: bool = True) ->
     speakers, speaker_names = _speaker_index(manifest)
     return FeatureData(manifest, out["speech"], out["text"],
                        np.asarray(manifest.labels(), dtype=np.int64), speakers, speaker_names)
+
+
+class RawData(FeatureData):
+    """Raw inputs for end-to-end fine-tuning: waveforms and texts, collated per batch by
+    trainable backbones (:class:`fdrl.encoders.backbone.HFBackbone`).
+
+    Audio is read from disk for every batch (a corpus of waveforms does not fit in
+    memory); the backbones only tokenize / pad here, their weights live in the model.
+    """
+
+    def __init__(self, manifest: Manifest, collators: dict[str, object], sample_rate: int,
+                 max_seconds: float | None, min_samples: int = 0):
+        speakers, names = _speaker_index(manifest)
+        super().__init__(manifest, None, None, np.asarray(manifest.labels(), dtype=np.int64),
+                         speakers, names)
+        self.collators = collators
+        self.sample_rate = sample_rate
+        self.max_seconds = max_seconds
+        self.min_samples = min_samples
+
+    def _wave(self, i: int) -> np.ndarray:
+        from fdrl.data.audio import load_audio
+
+        row = self.manifest.rows[i]
+        return load_audio(self.manifest.resolve(row["audio"]), self.sample_rate, self.max_seconds,
+                          self.min_samples)
+
+    def batch(self, idx) -> Batch:
+        idx = np.asarray(idx, dtype=np.int64)
+        speech = speech_mask = text = text_mask = None
+        if "speech" in self.collators:
+            speech, speech_mask = self.collators["speech"].collate([self._wave(i) for i in idx])
+        if "text" in self.collators:
+            text, text_mask = self.collators["text"].collate(
+                [self.manifest.rows[i].get("text") or "" for i in idx])
+        return Batch(inputs=Inputs(speech, speech_mask, text, text_mask),
+                     labels=torch.from_numpy(self.labels[idx]),
+                     speakers=torch.from_numpy(self.speakers[idx]), index=idx)
+
+    def batches(self, indices, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[Batch]:
+        indices = np.asarray(indices, dtype=np.int64)
+        if shuffle:
+            indices = indices[torch.randperm(len(indices), generator=generator).numpy()]
+        elif "speech" in self.collators:  # evaluation: sort by duration to limit padding
+            dur = np.array([self.manifest.rows[i].get("duration") or 0.0 for i in indices])
+            indices = indices[np.argsort(dur, kind="stable")]
+        stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
+        for start in range(0, stop, batch_size):
+            if len(chunk := indices[start:start + batch_size]):
+                yield self.batch(chunk)
