@@ -85,6 +85,27 @@ def resolve_hf_model(model: str) -> tuple[str, str]:
     return model, model
 
 
+def load_pretrained(loader, load_from: str, model_id: str, what: str):
+    """``loader.from_pretrained(load_from)`` with a one-line :class:`ConfigError` on failure.
+
+    transformers raises OSError/ValueError for a missing file, an unknown hub id or no
+    network; the user gets the model and the first line of the reason.
+    """
+    from transformers.utils import logging as hf_logging
+
+    # the per-load "Loading weights" bar is noise next to our own progress bars
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return loader.from_pretrained(load_from)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{what} '{model_id}': cannot load {loader.__name__} ({reason})") from None
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
 def parse_spec(spec: dict | str | None) -> dict[str, Any]:
     """Normalise a spec to a dict with a ``name`` key (see the module docstring)."""
     if spec is None:

@@ -18,7 +18,7 @@ import torch
 
 from fdrl.encoders.base import Encoded, Encoder
 from fdrl.encoders.pooling import check_layer, masked_mean, select_layer
-from fdrl.encoders.registry import resolve_hf_model
+from fdrl.encoders.registry import load_pretrained, resolve_hf_model
 from fdrl.errors import ConfigError
 
 SAMPLE_RATE = 16000
@@ -93,18 +93,20 @@ class HFSpeechEncoder(Encoder):
         from transformers import AutoFeatureExtractor, AutoModel
 
         load_from, self.model_id = resolve_hf_model(model)
-        self.feature_extractor = AutoFeatureExtractor.from_pretrained(load_from)
-        sr = getattr(self.feature_extractor, "sampling_rate", SAMPLE_RATE)
-        if sr != SAMPLE_RATE:
-            raise ConfigError(f"speech encoder {self.model_id}: expects {sr} Hz input; "
-                              f"the toolkit feeds {SAMPLE_RATE} Hz")
         self.device = torch.device(device)
-        self.model = AutoModel.from_pretrained(load_from).to(self.device).eval()
+        self.model = load_pretrained(AutoModel, load_from, self.model_id, "speech encoder")
+        self.model.to(self.device).eval()
         self.model.requires_grad_(False)
         cfg = self.model.config
         if not hasattr(cfg, "conv_kernel"):
             raise ConfigError(f"speech encoder {self.model_id}: not a wav2vec2-style model "
                               f"(model_type '{cfg.model_type}' has no conv feature encoder)")
+        self.feature_extractor = load_pretrained(AutoFeatureExtractor, load_from, self.model_id,
+                                                 "speech encoder")
+        sr = getattr(self.feature_extractor, "sampling_rate", SAMPLE_RATE)
+        if sr != SAMPLE_RATE:
+            raise ConfigError(f"speech encoder {self.model_id}: expects {sr} Hz input; "
+                              f"the toolkit feeds {SAMPLE_RATE} Hz")
         self.min_samples = receptive_field(cfg.conv_kernel, cfg.conv_stride)
         self.layer = check_layer(layer, cfg.num_hidden_layers + 1, f"speech encoder {self.model_id}")
         if max_seconds is not None and max_seconds <= 0:
@@ -139,7 +141,8 @@ class HFSpeechEncoder(Encoder):
                                                 self.min_samples, max_samples)
             values = values.to(self.device)  # (B, T)
             sample_mask = (torch.arange(values.shape[1])[None, :] < lengths[:, None])  # (B, T)
-            kwargs = {"attention_mask": sample_mask.long().to(self.device)} if self.use_attention_mask else {}
+            kwargs = ({"attention_mask": sample_mask.long().to(self.device)}
+                      if self.use_attention_mask else {})
             res = self.model(values, output_hidden_states=self.layer != -1, **kwargs)
             h = select_layer(res, self.layer).float()  # (B, L, d)
             mask = frame_mask(self.model, lengths, h.shape[1]).to(h.device)  # (B, L)

@@ -14,7 +14,7 @@ import torch
 
 from fdrl.encoders.base import Encoded, Encoder
 from fdrl.encoders.pooling import check_layer, masked_mean, select_layer
-from fdrl.encoders.registry import MINILM_ID, resolve_hf_model
+from fdrl.encoders.registry import MINILM_ID, load_pretrained, resolve_hf_model
 from fdrl.errors import ConfigError
 
 
@@ -45,8 +45,9 @@ class HFTextEncoder(Encoder):
         self.max_length = max_length
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(load_from)
-        self.model = AutoModel.from_pretrained(load_from).to(self.device).eval()
+        self.tokenizer = load_pretrained(AutoTokenizer, load_from, self.model_id, "text encoder")
+        self.model = load_pretrained(AutoModel, load_from, self.model_id, "text encoder")
+        self.model.to(self.device).eval()
         self.model.requires_grad_(False)
         n_hidden = self.model.config.num_hidden_layers + 1
         self.layer = check_layer(layer, n_hidden, f"text encoder {self.model_id}")
