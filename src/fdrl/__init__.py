@@ -9,11 +9,14 @@ encoder features, cross-validation, ablations, figures and inference bundles.
 __version__ = "0.1.0"
 
 
-def load(bundle, device: str = "cpu"):
-    """Load a trained model bundle; see :func:`fdrl.inference.predict.load`."""
+def load(bundle, device: str = "cpu", **kwargs):
+    """Load a trained model bundle (``asr=...`` for transcription); returns a Predictor.
+
+    See :func:`fdrl.inference.predict.load`.
+    """
     from fdrl.inference.predict import load as _load
 
-    return _load(bundle, device=device)
+    return _load(bundle, device=device, **kwargs)
 
 
 __all__ = ["__version__", "load"]

@@ -77,6 +77,11 @@ class _OpenSmileEncoder(Encoder):
     def settings(self) -> dict[str, Any]:
         return {"feature_set": "eGeMAPSv02", "level": self.level}
 
+    def spec(self) -> dict[str, Any]:
+        # the settings describe the output (cache key) but are fixed by the class; the
+        # spec that rebuilds the encoder is its name alone
+        return {"name": self.name}
+
     def cost(self, item: np.ndarray) -> int:
         return int(np.asarray(item).shape[-1])
 

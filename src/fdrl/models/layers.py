@@ -227,6 +227,40 @@ class ModalityFeatures:
     mask: torch.Tensor | None = None
 
 
+class FeatureStandardizer(nn.Module):
+    """Per-feature standardisation with running statistics (BatchNorm over the feature
+    axis, computed on real frames only).
+
+    Hand-crafted features mix scales (eGeMAPS: F0 in semitones next to loudness and
+    jitter), so a per-sample LayerNorm is dominated by the largest features; a classical
+    pipeline z-scores every feature on the training set, which is what this does while
+    training and what its running statistics do at evaluation and inference (they are
+    saved with the weights). A batch of one sample uses the running statistics.
+    """
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() == 2:                                       # (B, d)
+            flat = x
+        else:                                                  # (B, L, d) -> (N_real, d)
+            flat = x[mask] if mask is not None else x.reshape(-1, x.shape[-1])
+        if self.training and flat.shape[0] < 2:
+            out = F.batch_norm(flat, self.bn.running_mean, self.bn.running_var, self.bn.weight,
+                               self.bn.bias, training=False, eps=self.bn.eps)
+        else:
+            out = self.bn(flat)                                # (N, d)
+        if x.dim() == 2:
+            return out
+        if mask is None:
+            return out.reshape(x.shape)
+        full = torch.zeros_like(x)                             # (B, L, d), padding = 0
+        full[mask] = out
+        return full
+
+
 class ModalityInput(nn.Module):
     """Maps one modality's input to the common width ``d_model``.
 
@@ -269,6 +303,9 @@ class ModalityInput(nn.Module):
     kernel_size : convolution kernel (odd).
     stride : stride of the second and later convolutions.
     pooling : "attention" or "mean" (sequence kind).
+    input_norm : "batch" (per-feature standardisation with running statistics, the
+        default for features) or "layer" (per-sample LayerNorm). Backbones always use
+        LayerNorm.
     """
 
     KINDS = ("pooled", "sequence", "backbone")
@@ -276,8 +313,11 @@ class ModalityInput(nn.Module):
     def __init__(self, d_in: int, d_model: int, kind: str = "pooled",
                  backbone: nn.Module | None = None, dropout: float = 0.0,
                  front_end_channels: int = 128, front_end_layers: int = 2,
-                 kernel_size: int = 5, stride: int = 2, pooling: str = "attention"):
+                 kernel_size: int = 5, stride: int = 2, pooling: str = "attention",
+                 input_norm: str = "batch"):
         super().__init__()
+        if input_norm not in ("batch", "layer"):
+            raise ValueError(f"input_norm must be 'batch' or 'layer', got {input_norm!r}")
         if kind not in self.KINDS:
             raise ValueError(f"ModalityInput kind must be one of {self.KINDS}, got {kind!r}")
         if kind == "backbone" and backbone is None:
@@ -287,12 +327,13 @@ class ModalityInput(nn.Module):
         self.kind, self.d_in, self.d_model = kind, d_in, d_model
         self.backbone = backbone if kind == "backbone" else None
         self.drop = nn.Dropout(dropout)
+        # features are standardised per dimension; backbone outputs are already well scaled
+        self.norm = (FeatureStandardizer(d_in) if input_norm == "batch" and kind != "backbone"
+                     else nn.LayerNorm(d_in))
         if kind in ("pooled", "backbone"):
-            self.norm = nn.LayerNorm(d_in)
             self.proj = nn.Linear(d_in, d_model)
             return
         # sequence: conv front-end
-        self.norm = nn.LayerNorm(d_in)
         self.strides = [1 if i == 0 else stride for i in range(front_end_layers)]
         widths = [d_in] + [front_end_channels] * front_end_layers
         self.convs = nn.ModuleList(
@@ -325,7 +366,8 @@ class ModalityInput(nn.Module):
                              f"frames, got shape {tuple(x.shape)}")
         mask = (torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None
                 else mask.bool())
-        h = self.norm(x) * mask.unsqueeze(-1)                  # (B, L, d_in), padding = 0
+        h = (self.norm(x, mask) if isinstance(self.norm, FeatureStandardizer)
+             else self.norm(x)) * mask.unsqueeze(-1)           # (B, L, d_in), padding = 0
         for conv, norm, s in zip(self.convs, self.conv_norms, self.strides):
             h = conv(h.transpose(1, 2)).transpose(1, 2)        # (B, L', C)
             # output t is centred on input t*s (odd kernel, padding k//2): it is real
