@@ -1,4 +1,8 @@
-"""``fdrl cv`` (cross-validation with any config) and ``fdrl demo`` (the main job)."""
+"""``fdrl cv`` (cross-validation with any config) and ``fdrl demo`` (the main job).
+
+Both run unchanged under ``torchrun --nproc_per_node=N -m fdrl cv ...`` (one process
+per GPU, or gloo on CPU); see docs/robustness.md.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +25,18 @@ def register(sub) -> None:
                        description="Cross-validation with folds from metadata. Validation data for "
                                    "model selection come from the training part only.")
     add_config_args(p, required=False)
-    p.add_argument("--folds", help="comma-separated test groups to run, e.g. 1,3 (default: all)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run in RUN_DIR")
-    p.add_argument("--run-dir", help="write into this new folder instead of runs/<name>-<time>")
+    p.add_argument("--folds", help="comma-separated test groups to run, e.g. 1,3 (default: all); "
+                                   "one fold per job spreads a run over a cluster (merge with "
+                                   "`fdrl collect`)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped (even killed) run in RUN_DIR; the result equals an "
+                        "uninterrupted run's")
+    p.add_argument("--run-dir", help="write into this new (or empty) folder instead of "
+                                     "runs/<name>-<time>")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave utterances with missing or unreadable input out of the run, with a "
+                        "warning (listed in run.json under 'skipped'), instead of stopping "
+                        "(= data.skip_bad=true)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_cv)
 
@@ -42,6 +55,9 @@ def _print_results(run_dir: Path, results: dict, seconds: float) -> None:
 
     print(f"{results.get('model')} on {results.get('corpus')}: {results['protocol']}, "
           f"{results['n_folds']} folds")
+    if results.get("n_skipped"):
+        print(f"skipped {results['n_skipped']} utterance(s) with unusable input "
+              f"(listed in {run_dir / 'run.json'} under 'skipped')")
     print(format_table(results))
     w, u = results["war"], results["uar"]
     print(f"WAR {100 * w['mean']:.2f} ± {100 * w['std']:.2f} %   "
@@ -51,45 +67,55 @@ def _print_results(run_dir: Path, results: dict, seconds: float) -> None:
 
 def cmd_cv(args) -> int:
     from fdrl.errors import ConfigError
-    from fdrl.training import distributed as D
-    from fdrl.training.cv import run_cv
 
     t0 = time.time()
     if args.resume:
-        if args.config or args.overrides:
+        from fdrl.training.cv import load_run_config
+
+        if args.config or args.overrides or args.folds or args.skip_bad or args.run_dir:
             raise ConfigError("--resume takes its config from RUN_DIR/config.yaml; "
-                              "drop --config and overrides")
-        run_dir, results = run_cv(None, Path(args.resume), resume=True, progress=not args.quiet)
+                              "drop --config, --folds, --skip-bad, --run-dir and overrides")
+        run_dir = Path(args.resume)
+        cfg = load_run_config(run_dir) if run_dir.is_dir() else None
     else:
         if not args.config:
             raise ConfigError("--config is required (a YAML file or a built-in name such as demo)")
         overrides = list(args.overrides)
         if args.folds:
             overrides.append(f"cv.folds=[{args.folds}]")
-        cfg = load_config(args.config, overrides)
-        D.init_from_env(cfg.train.device)
+        if args.skip_bad:
+            overrides.append("data.skip_bad=true")
+        cfg = load_config(args.config, overrides)  # config errors before the heavy imports
         run_dir = Path(args.run_dir) if args.run_dir else None
-        if run_dir is not None and D.is_main():
-            if run_dir.exists() and any(run_dir.iterdir()):
-                from fdrl.errors import RunError
+    from fdrl.training import distributed as D
+    from fdrl.training.cv import run_cv
 
-                raise RunError(f"--run-dir {run_dir}: folder exists and is not empty; runs are "
-                               f"never overwritten (use --resume {run_dir} to continue it)")
-            run_dir.mkdir(parents=True, exist_ok=True)
-        run_dir, results = run_cv(cfg, run_dir, progress=not args.quiet)
-    if D.is_main():
-        _print_results(run_dir, results, time.time() - t0)
+    D.init_from_env(cfg.train.device if cfg is not None else "cpu")
+    try:
+        if args.resume:
+            run_dir, results = run_cv(None, run_dir, resume=True, progress=not args.quiet)
+        else:
+            run_dir, results = run_cv(cfg, run_dir, progress=not args.quiet)
+        if D.is_main():
+            _print_results(run_dir, results, time.time() - t0)
+    finally:
+        D.shutdown()
     return 0
 
 
 def cmd_demo(args) -> int:
     from fdrl.data.demo import generate_demo
+    from fdrl.training import distributed as D
     from fdrl.training.cv import run_cv
 
     t0 = time.time()
-    data_dir = generate_demo(Path(args.data_dir))
-    data_dir = data_dir.parent if data_dir.is_file() else data_dir
-    cfg = load_config("demo", [f"data.manifest={data_dir}", *args.overrides])
-    run_dir, results = run_cv(cfg, progress=not args.quiet)
-    _print_results(run_dir, results, time.time() - t0)
+    cfg = load_config("demo", [f"data.manifest={args.data_dir}", *args.overrides])
+    D.init_from_env(cfg.train.device)
+    try:
+        D.run_on_main(lambda: generate_demo(Path(args.data_dir)))  # rank 0 writes the corpus
+        run_dir, results = run_cv(cfg, progress=not args.quiet)
+        if D.is_main():
+            _print_results(run_dir, results, time.time() - t0)
+    finally:
+        D.shutdown()
     return 0

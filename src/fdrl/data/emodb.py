@@ -50,12 +50,16 @@ def prepare_emodb(root: str | os.PathLike, out: str | os.PathLike) -> Path:
     if not table.is_file():
         raise DataError(f"{root}: no labels.csv (expected columns: file, speaker, gender, age, "
                         f"sentence, text, emotion, version)")
-    with open(table, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{table}: missing column(s) {missing}; found {reader.fieldnames}")
-        records = [(reader.line_num, r) for r in reader]
+    try:
+        with open(table, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{table}: missing column(s) {missing}; found {reader.fieldnames}")
+            records = [(reader.line_num, r) for r in reader]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{table}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        f"re-save it as UTF-8") from None
 
     rows: list[dict[str, Any]] = []
     problems: list[str] = []

@@ -106,20 +106,27 @@ def read_manifest(path: str | Path) -> Manifest:
         raise DataError(f"{mpath}: manifest not found (run `fdrl prepare ...` first)")
     lpath = mpath.parent / LABELS_NAME
     rows: list[dict[str, Any]] = []
-    with open(mpath, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{mpath}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{mpath}:{lineno}: expected a JSON object per line")
-            for key in ("utt_id", "label"):
-                if row.get(key) in (None, ""):
-                    raise DataError(f"{mpath}:{lineno}: field '{key}' is missing or empty")
-            rows.append(row)
+    try:
+        # split on "\n" only: str.splitlines would also cut at U+2028 or U+0085, which
+        # JSON written with ensure_ascii=False leaves unescaped inside transcripts
+        lines = mpath.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        line = mpath.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{mpath}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        f"re-save it as UTF-8") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{mpath}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{mpath}:{lineno}: expected a JSON object per line")
+        for key in ("utt_id", "label"):
+            if row.get(key) in (None, ""):
+                raise DataError(f"{mpath}:{lineno}: field '{key}' is missing or empty")
+        rows.append(row)
     if not rows:
         raise DataError(f"{mpath}: manifest has no rows")
     meta: dict[str, Any] = {}

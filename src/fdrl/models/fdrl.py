@@ -30,11 +30,18 @@ Choices the paper leaves open (all documented where they are made):
 - Without L_f (ablation S6) the encoders no longer receive FP's gradient, but when the
   local discriminators are on FP is still fitted on *detached* representations, so
   their class weights remain predictions rather than a random layer's output.
+
+Emotion/identity disentanglement (``identity``, spec identity.md, see
+:mod:`fdrl.models.identity`): the emotion embedding is the fused vector (the
+classifier's input), the shared trunk that the identity branch reads is ``[H_a; H_t]``
+(the two input projections). The identity terms join the total through
+:meth:`FDRL.add_extra_loss`; the adversary's GRL has its own schedule
+(``identity.grl_*``), advanced by :meth:`FDRL.set_progress`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal, Mapping
 
 import torch
@@ -56,6 +63,7 @@ from fdrl.losses import (
     task_loss,
 )
 from fdrl.models.base import EmotionModel, InputSpec, Inputs, ModelOutput
+from fdrl.models.identity import build_identity, parse_identity
 from fdrl.models.layers import (
     MLP,
     BatchedDiscriminators,
@@ -122,10 +130,9 @@ class FDRLConfig:
     # --- task loss ---
     class_weights: list[float] | None = None  # per-class CE weights for L_task; None = unweighted
                                               # (weights the trainer sets take precedence)
-    # --- extension point: emotion/identity disentanglement (spec identity.md) ---
-    # Reserved for the identity extension, which adds its heads and losses through
-    # FDRL.add_extra_loss. FDRL itself does not implement it; None = off.
-    identity: dict | None = None
+    # --- emotion/identity disentanglement (spec identity.md; fdrl.models.identity) ---
+    identity: dict | None = None     # IdentityConfig fields, e.g. {method: adversarial, weight: 0.5};
+                                     # None or method none = off. Emotion embedding: the fused vector
 
 
 @dataclass
@@ -137,6 +144,7 @@ class FDRLOutput(ModelOutput):
     inference path skips those heads); in them rows ``[:B]`` are speech, ``[B:]`` text.
 
     S_a, S_t, P_a, P_t: (B, d) shared / private representations.
+    H_a, H_t:           (B, d_input) the input projections (the identity branch's trunk).
     global_logits:      (2B, 2) G_d on GRL([S_a; S_t]), or None.
     local_logits:       (C, 2B, 2) G_d^c on yhat^c * GRL([S_a; S_t]), or None.
     modality_logits:    (2B, 2) GD on [P_a; P_t], or None.
@@ -147,6 +155,8 @@ class FDRLOutput(ModelOutput):
     S_t: torch.Tensor | None = None
     P_a: torch.Tensor | None = None
     P_t: torch.Tensor | None = None
+    H_a: torch.Tensor | None = None
+    H_t: torch.Tensor | None = None
     global_logits: torch.Tensor | None = None
     local_logits: torch.Tensor | None = None
     modality_logits: torch.Tensor | None = None
@@ -223,6 +233,11 @@ class FDRL(EmotionModel):
         # buffers with rank 0's at every forward; end_epoch all-reduces instead.
         self._acc: torch.Tensor | None = None
         self.extra_losses: list[ExtraLoss] = []
+        # emotion/identity disentanglement: heads + terms through the extra-loss hook
+        self.identity = build_identity(cfg.identity, d_emotion=self.fusion.out_dim(
+            len(self.fusion_tokens)), d_trunk=2 * cfg.d_input, num_speakers=spec.num_speakers)
+        if self.identity is not None:
+            self.add_extra_loss(_identity_loss)
 
     # ------------------------------------------------------------------ schedules
     def _grl_lambda(self, progress: float) -> float:
@@ -233,6 +248,8 @@ class FDRL(EmotionModel):
     def set_progress(self, progress: float) -> None:
         """Set the GRL lambda from training progress p in [0, 1]."""
         self.grl.lambd = self._grl_lambda(progress)
+        if self.identity is not None:
+            self.identity.set_progress(progress)
 
     def effective_mu(self) -> float:
         """mu as used in the loss: the buffer when both L_g and L_l are on, else 0 / 1."""
@@ -241,7 +258,10 @@ class FDRL(EmotionModel):
         return 1.0 if self.cfg.use_local else 0.0
 
     def state_for_log(self) -> dict[str, float]:
-        return {"mu": self.effective_mu(), "grl_lambda": self.grl.lambd}
+        state = {"mu": self.effective_mu(), "grl_lambda": self.grl.lambd}
+        if self.identity is not None:
+            state.update(self.identity.state_for_log())
+        return state
 
     def add_extra_loss(self, fn: ExtraLoss) -> None:
         """Extension point: ``fn(model, out, labels, speakers)`` returns
@@ -265,7 +285,8 @@ class FDRL(EmotionModel):
         tokens = torch.stack([reps[k] for k in self.fusion_tokens], dim=1)     # (B, K, d)
         fused = self.fusion(tokens)                                     # (B, K*d) or (B, d)
         logits = self.classifier(fused)                                 # (B, C)
-        out = FDRLOutput(logits=logits, embeddings={**reps, "fused": fused}, **reps)
+        out = FDRLOutput(logits=logits, embeddings={**reps, "fused": fused}, H_a=h_a, H_t=h_t,
+                         **reps)
         if labels is None:
             return out  # inference: no discriminators, no predictor
         terms, weights = self._losses(out, labels)
@@ -421,11 +442,17 @@ def _check(cfg: FDRLConfig, spec: InputSpec) -> None:
     if cfg.class_weights is not None and len(cfg.class_weights) != spec.num_classes:
         raise ConfigError(f"model.class_weights: expected {spec.num_classes} weights "
                           f"(one per class), got {len(cfg.class_weights)}")
-    if cfg.identity is not None:
-        # EXTENSION POINT: the identity-disentanglement extension replaces this check
-        # and registers its losses with FDRL.add_extra_loss.
-        raise ConfigError("model.identity: identity disentanglement is not wired into "
-                          "FDRL yet; leave it null")
+    identity = parse_identity(cfg.identity)  # ConfigError naming model.identity.<key>
+    if identity is not None and spec.num_speakers < 2:
+        raise ConfigError(f"model.identity.method={identity.method}: needs speaker labels for at "
+                          f"least 2 speakers, the data have {spec.num_speakers}")
+
+
+def _identity_loss(model: "FDRL", out: FDRLOutput, labels: torch.Tensor,
+                   speakers: torch.Tensor | None) -> dict[str, tuple[torch.Tensor, float]]:
+    """The identity terms (extra loss): emotion embedding = fused, trunk = [H_a; H_t]."""
+    trunk = torch.cat([out.H_a, out.H_t], dim=1)                       # (B, 2 d_input)
+    return model.identity.losses(out.embeddings["fused"], trunk, speakers)
 
 
 @register("fdrl", FDRLConfig, doc="FDRL (arXiv 2312.13567): shared/private encoders, "

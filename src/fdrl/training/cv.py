@@ -4,7 +4,8 @@ the test fold touched once at the end, one folder per fold, a summary per run.
 Layout of a run folder::
 
     config.yaml            the resolved configuration
-    run.json               protocol, corpus, classes, config hash, environment
+    run.json               protocol, corpus, classes, config and experiment hashes, manifest
+                           fingerprint, utterances skipped (data.skip_bad), environment
     folds/<group>/
         metrics.json       test and validation metrics (written last: marks the fold done)
         history.csv        per-epoch loss terms, mu, lambda, validation metrics
@@ -12,14 +13,21 @@ Layout of a run folder::
         representations.npz  test-set embeddings, labels, speakers, utt ids, probabilities
         predictions.jsonl  one line per test utterance
         resume.pt          training state while the fold runs (removed when it ends)
-    results.json, results.md
+    results.json, results.md  (written when every selected fold is done)
+
+A run killed at any point continues with ``run_cv(None, run_dir, resume=True)``
+(``fdrl cv --resume RUN_DIR``): finished folds are kept, the running fold continues
+from its last epoch, and the figures equal those of an uninterrupted run.
+Input problems (a bad file, a fold without some class) are found before the run
+folder is created, so a failed start leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +42,11 @@ from fdrl.data.manifest import Manifest, read_manifest
 from fdrl.errors import ConfigError, RunError
 from fdrl.models.base import InputSpec
 from fdrl.training import distributed as D
-from fdrl.training.data import FeatureData, RawData, load_feature_data
-from fdrl.training.runs import aggregate, environment, new_run_dir
+from fdrl.training.data import (FeatureData, RawData, bad_rows_error, drop_rows, load_feature_data,
+                                load_usable, missing_inputs, renumber, unreadable_inputs)
+from fdrl.training.runs import aggregate, environment, experiment_sha256, new_run_dir
 from fdrl.training.trainer import Trainer, predict, resolve_device, seed_everything
-from fdrl.utils.io import read_json, write_json, write_jsonl, write_npz, write_text
+from fdrl.utils.io import read_json, sha256_text, write_json, write_jsonl, write_npz, write_text
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,7 @@ class Prepared:
     spec: InputSpec
     encoders: dict
     backbones: dict = field(default_factory=dict)  # modality -> backbone spec (finetune)
+    skipped: list = field(default_factory=list)    # rows left out (data.skip_bad): row, utt_id, reason
 
     def fresh_spec(self) -> InputSpec:
         if not self.backbones:
@@ -83,14 +93,22 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: not set; pass data.manifest=PATH (a folder written by "
                           "`fdrl prepare ...`)")
-    manifest = read_manifest(cfg.data.manifest)
+    manifest = D.run_on_main(lambda: read_manifest(cfg.data.manifest))
     if cfg.features.finetune:
         return prepare_finetune(cfg, manifest)
-    # rank 0 fills the feature cache first; the other ranks then read it
+    # rank 0 checks the rows and fills the feature cache; the other ranks then drop
+    # the same rows and read the cache (a user error on rank 0 stops every rank)
+    loaded: dict = {}
+
+    def on_main() -> list[dict]:
+        loaded["manifest"], loaded["data"], skipped = load_usable(manifest, cfg, progress=progress)
+        return skipped
+
+    skipped = D.run_on_main(on_main)
     if D.is_main():
-        data = load_feature_data(manifest, cfg, progress=progress)
-    D.barrier()
-    if not D.is_main():
+        manifest, data = loaded["manifest"], loaded["data"]
+    else:
+        manifest = drop_rows(manifest, skipped)
         data = load_feature_data(manifest, cfg, progress=False)
     encoders = {"speech": data.speech.encoder if data.speech else None,
                 "text": data.text.encoder if data.text else None}
@@ -99,7 +117,7 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
     compute = manifest.meta.get("speech_features")
     if encoders["speech"] and encoders["speech"].get("name") == "precomputed" and compute:
         encoders["speech"] = {**encoders["speech"], "compute": compute}
-    return Prepared(manifest, data, input_spec(data), encoders)
+    return Prepared(manifest, data, input_spec(data), encoders, skipped=skipped)
 
 
 def prepare_finetune(cfg: Config, manifest: Manifest) -> Prepared:
@@ -115,9 +133,22 @@ def prepare_finetune(cfg: Config, manifest: Manifest) -> Prepared:
         if s.get("name") in ("egemaps", "egemaps-functionals", "logmel", "precomputed"):
             raise ConfigError(f"features.{m}: '{s.get('name')}' is not a trainable encoder; "
                               f"features.finetune=true needs a transformers model (name: hf)")
-    if "speech" in specs and not all(r.get("audio") for r in manifest.rows):
+    if "speech" in specs and not any(r.get("audio") for r in manifest.rows):
         raise ConfigError("features.finetune with a speech encoder needs an `audio` file on every row")
     probe = {m: HFBackbone.from_spec(m, s) for m, s in specs.items()}  # loads once: dims, collate
+
+    def check() -> list[dict]:
+        # audio is read during training: a bad file found now costs seconds, not a
+        # crash hours into fine-tuning
+        bad = missing_inputs(manifest, cfg)
+        bad = renumber(bad + unreadable_inputs(drop_rows(manifest, bad), cfg, probe,
+                                               sample_rate=cfg.data.sample_rate), manifest)
+        if bad and not cfg.data.skip_bad:
+            raise bad_rows_error(manifest, bad, "missing or unreadable input")
+        return bad
+
+    skipped = D.run_on_main(check)
+    manifest = drop_rows(manifest, skipped)
     data = RawData(manifest, probe, cfg.data.sample_rate, cfg.data.max_seconds,
                    min_samples=getattr(probe.get("speech"), "min_samples", 0))
     spec = InputSpec(num_classes=len(manifest.classes),
@@ -126,7 +157,8 @@ def prepare_finetune(cfg: Config, manifest: Manifest) -> Prepared:
                      num_speakers=len(data.speaker_names))
     encoders = {m: ({**b.spec(), "finetune": True} if (b := probe.get(m)) else None)
                 for m in ("speech", "text")}
-    return Prepared(manifest, data, spec, encoders, backbones={m: b.spec() for m, b in probe.items()})
+    return Prepared(manifest, data, spec, encoders, backbones={m: b.spec() for m, b in probe.items()},
+                    skipped=skipped)
 
 
 def _fold_dirname(fold: Fold) -> str:
@@ -196,32 +228,97 @@ def run_fold(cfg: Config, prep: Prepared, fold: Fold, fold_dir: Path, progress: 
     return result
 
 
-def start_run(cfg: Config, manifest: Manifest, run_dir: Path | None = None) -> Path:
-    """Create the run folder and record config.yaml + run.json."""
-    run_dir = run_dir or new_run_dir(cfg.run.out_dir, cfg.run.name)
-    write_text(run_dir / "config.yaml", cfg.to_yaml())
-    corpus = manifest.rows[0].get("corpus")
-    write_json(run_dir / "run.json", {
+def manifest_fingerprint(manifest: Manifest) -> str:
+    """sha256 of the rows' ids, labels and groups: fold indices stay valid while it holds."""
+    keys = ("utt_id", "label", "session", "speaker", "fold")
+    return sha256_text(json.dumps([[r.get(k) for k in keys] for r in manifest.rows], default=str))
+
+
+def run_meta(cfg: Config, prep: Prepared) -> dict:
+    """The contents of ``run.json``."""
+    manifest = prep.manifest
+    return {
         "protocol": {"session": "leave-one-session-out", "speaker": "leave-one-speaker-out",
                      "fold": "predefined folds (fold column)"}[cfg.cv.protocol],
-        "model": cfg.model_name, "corpus": corpus, "classes": manifest.classes,
+        "model": cfg.model_name, "corpus": manifest.rows[0].get("corpus"),
+        "classes": manifest.classes,
         "manifest": str(Path(cfg.data.manifest).resolve()),
-        "n_utterances": len(manifest), "config_sha256": cfg.sha256(),
+        "n_utterances": len(manifest), "manifest_sha256": manifest_fingerprint(manifest),
+        "n_skipped": len(prep.skipped), "skipped": prep.skipped,
+        "config_sha256": cfg.sha256(), "experiment_sha256": experiment_sha256(cfg),
         "environment": environment(),
-    })
+    }
+
+
+def start_run(cfg: Config, prep: Prepared, run_dir: Path | None = None) -> Path:
+    """Create the run folder and record config.yaml + run.json.
+
+    ``run_dir`` may exist only if it is empty: a run folder is never overwritten.
+    """
+    if run_dir is None:
+        run_dir = new_run_dir(cfg.run.out_dir, cfg.run.name)
+    else:
+        run_dir = Path(run_dir)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise RunError(f"--run-dir {run_dir}: folder exists and is not empty; runs are never "
+                           f"overwritten (use --resume {run_dir} to continue it)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", cfg.to_yaml())
+    write_json(run_dir / "run.json", run_meta(cfg, prep))
     return run_dir
 
 
 def load_run_config(run_dir: Path) -> Config:
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise RunError(f"{run_dir}: not a run folder (config.yaml missing)")
-    cfg = from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
-    meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+        raise RunError(f"{run_dir}: not a run folder (config.yaml missing; a run stopped before "
+                       f"writing it has nothing to resume: start it again)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: not a readable config ({type(exc).__name__})") from None
+    cfg = from_dict(data)
+    meta = _read_run_json(run_dir)
     if meta.get("config_sha256") not in (None, cfg.sha256()):
         raise RunError(f"{run_dir}/config.yaml was edited after the run started "
                        f"(hash differs from run.json); start a new run instead")
     return cfg
+
+
+def _read_run_json(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        return read_json(path)
+    except (ValueError, UnicodeDecodeError):
+        raise RunError(f"{path}: not valid JSON; the run folder is damaged") from None
+
+
+def check_resumable(run_dir: Path, cfg: Config, prep: Prepared) -> None:
+    """Make ``run_dir`` ready to continue: the corpus must be the one the run started
+    with; run.json is rewritten if the run was killed before writing it; leftovers of
+    a kill (temporary files, a finished fold's training state) are removed."""
+    meta = _read_run_json(run_dir)
+    if not meta:
+        write_json(run_dir / "run.json", run_meta(cfg, prep))
+    elif meta.get("manifest_sha256") not in (None, manifest_fingerprint(prep.manifest)):
+        then, now = meta.get("n_utterances"), len(prep.manifest)
+        raise RunError(f"{run_dir}: the corpus changed since the run started ({then} usable "
+                       f"utterances then, {now} now; rows, labels or groups differ); the finished "
+                       f"folds would not match: start a new run")
+    for tmp in run_dir.rglob(".*.tmp"):  # atomic writes cut short by the kill
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+    for done in (run_dir / "folds").glob("*/metrics.json"):
+        (done.parent / "resume.pt").unlink(missing_ok=True)
+
+
+def check_folds(manifest: Manifest, folds: list[Fold]) -> None:
+    """Every selected fold's training part must hold every class (checked before any
+    training, so a bad fold 5 does not surface after four folds of training)."""
+    for fold in folds:
+        check_fold_classes(manifest, fold.train, f"fold {fold.index + 1} (test group {fold.test_group})")
 
 
 def run_cv(cfg: Config, run_dir: Path | None = None, resume: bool = False,
@@ -233,9 +330,11 @@ def run_cv(cfg: Config, run_dir: Path | None = None, resume: bool = False,
         cfg = load_run_config(Path(run_dir))
     prep = prep or prepare(cfg, progress=progress)
     folds = select_folds(make_folds(prep.manifest, cfg.cv.protocol), cfg.cv.folds)
-    if not resume:
-        run_dir = start_run(cfg, prep.manifest, run_dir) if D.is_main() else None
-        run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None))
+    check_folds(prep.manifest, folds)
+    if resume:
+        D.run_on_main(lambda: check_resumable(Path(run_dir), cfg, prep))
+    else:
+        run_dir = D.run_on_main(lambda: str(start_run(cfg, prep, run_dir)))
     run_dir = Path(run_dir)
     for fold in folds:
         fold_dir = run_dir / "folds" / _fold_dirname(fold)
@@ -243,6 +342,5 @@ def run_cv(cfg: Config, run_dir: Path | None = None, resume: bool = False,
             log.info("fold %s already done: skipped", fold.name)
             continue
         run_fold(cfg, prep, fold, fold_dir, progress=progress)
-    results = aggregate(run_dir) if D.is_main() else {}
-    results = D.broadcast_object(results)
+    results = D.run_on_main(lambda: aggregate(run_dir))
     return run_dir, results

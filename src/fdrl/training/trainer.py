@@ -2,9 +2,15 @@
 
 Model selection uses the validation indices only; the test data never reach
 :meth:`Trainer.fit`. After every epoch the full training state (weights,
-optimiser, scheduler, RNG states, best weights, history) is written atomically to
-``resume_path`` so a killed run continues from the last finished epoch and ends
-with the same result as an uninterrupted one.
+optimiser, scheduler, every rank's RNG states, best weights, early-stopping counter,
+history) is written atomically to ``resume_path`` so a run killed at any point
+continues from the last finished epoch and ends with the same result as an
+uninterrupted one (bit for bit on CPU): the epoch order is a permutation seeded by
+(seed, epoch), and everything else that draws random numbers (dropout) continues
+from the restored generator states.
+
+Under ``torchrun`` the model is wrapped in DistributedDataParallel; ``batch_size``
+is the global batch (see :mod:`fdrl.training.distributed`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import copy
 import csv
 import logging
 import math
+import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,7 +32,8 @@ from tqdm.auto import tqdm
 
 from fdrl import metrics
 from fdrl.config import TrainConfig
-from fdrl.models.base import EmotionModel
+from fdrl.errors import ConfigError, RunError
+from fdrl.models.base import EmotionModel, ModelOutput
 from fdrl.training import distributed as D
 from fdrl.training.data import FeatureData
 from fdrl.utils.io import atomic_path
@@ -42,15 +50,36 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device`` -> a torch device; under torchrun "auto"/"cuda" mean this rank's
+    GPU (``cuda:LOCAL_RANK``)."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
+        return torch.device("cuda", D.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from fdrl.errors import ConfigError
-
         raise ConfigError(f"train.device: '{name}' requested but CUDA is not available")
-    return torch.device(name)
+    if name == "cuda":
+        return torch.device("cuda", D.local_rank())
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: '{name}' is not a device; expected auto, cpu, cuda "
+                          f"or cuda:N") from None
+
+
+def rng_state(device: torch.device) -> dict:
+    """Python, numpy and torch generator states (and CUDA's when training on a GPU)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def class_weights_for(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -86,8 +115,32 @@ class FitResult:
     stopped_early: bool
 
 
+class LossOnly(torch.nn.Module):
+    """What DDP wraps: the model's forward with only the loss attached to the graph.
+
+    With ``find_unused_parameters=True`` DDP looks for the parameters that will get a
+    gradient by walking the autograd graph back from the *outputs* of ``forward``. A
+    model's output also holds heads whose loss weight is 0 at this step (an ablation's
+    switched-off term, FDRL's local discriminators when mu is 0); DDP would count
+    those as used and wait for gradients that never come. Returning the loss and
+    detached logits/terms makes the walk start from the loss alone.
+    """
+
+    def __init__(self, module: EmotionModel):
+        super().__init__()
+        self.module = module
+
+    def forward(self, inputs, labels=None, speakers=None) -> ModelOutput:
+        out = self.module(inputs, labels=labels, speakers=speakers)
+        return ModelOutput(logits=out.logits.detach(), loss=out.loss,
+                           terms={k: v.detach() if torch.is_tensor(v) else v for k, v in out.terms.items()})
+
+
 def _unwrap(model) -> EmotionModel:
-    return model.module if hasattr(model, "module") else model
+    """The EmotionModel inside DDP(LossOnly(model)), or the model itself."""
+    while isinstance(model, (LossOnly, torch.nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
 
 
 @torch.no_grad()
@@ -125,6 +178,14 @@ def predict(model, data: FeatureData, indices, batch_size: int, device: torch.de
                        embeddings={k: v[final] for k, v in emb.items()})
 
 
+def _mean_over_ranks(sums: dict[str, float], n_steps: int) -> dict[str, float]:
+    """Per-step means of the summed loss terms, averaged over ranks when distributed."""
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys] + [float(n_steps)], dtype=torch.float64)  # (K + 1,)
+    D.all_reduce_sum_(t)
+    return {k: float(t[i]) / max(1.0, float(t[-1])) for i, k in enumerate(keys)}
+
+
 class Trainer:
     """Trains one model. ``log_dir`` receives ``history.csv`` (+ TensorBoard events)."""
 
@@ -148,8 +209,12 @@ class Trainer:
         if D.is_dist():
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            # switched-off heads (e.g. S2 without L_g) leave parameters without gradients
-            self.net = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None,
+            # batch statistics over the global batch, as in a single process
+            self.model = D.sync_batch_norms(self.model)
+
+            # switched-off heads (an ablation's term, a loss weight of 0) leave parameters
+            # without gradients; LossOnly lets DDP find them from the loss
+            self.net = DDP(LossOnly(self.model), device_ids=[device.index] if device.type == "cuda" else None,
                            find_unused_parameters=True)
 
     # -- helpers -------------------------------------------------------------------
@@ -177,7 +242,7 @@ class Trainer:
 
     def _train_order(self, train_idx: np.ndarray, labels: np.ndarray, epoch: int) -> np.ndarray:
         """This epoch's sample order (this rank's share when distributed). Seeded by
-        (seed, epoch), so it is the same after a resume."""
+        (seed, epoch) alone, so it is the same after a resume and on every rank."""
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         if self.cfg.balanced_sampling:
             counts = np.bincount(labels[train_idx])
@@ -187,11 +252,7 @@ class Trainer:
             order = train_idx[picks]
         else:
             order = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
-        if D.is_dist():  # DistributedSampler semantics: pad to a multiple, then stride
-            w_size, r = D.world_size(), D.rank()
-            n = math.ceil(len(order) / w_size) * w_size
-            order = np.concatenate([order, order[: n - len(order)]])[r::w_size]
-        return order
+        return D.shard(order)  # (ceil(N / world),) this rank's share
 
     # -- fit -----------------------------------------------------------------------
     def fit(self, data: FeatureData, train_idx, val_idx, resume_path: Path | None = None,
@@ -202,26 +263,22 @@ class Trainer:
         net, model = self.net, self.model
         if cfg.class_weighted:
             model.set_class_weights(class_weights_for(data.labels[train_idx], data.num_classes).to(self.device))
-        per_rank = math.ceil(len(train_idx) / D.world_size())
-        steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
+        batch_size = D.per_rank_batch(cfg.batch_size)  # the global batch split over ranks
+        steps_per_epoch = max(1, math.ceil(D.shard_size(len(train_idx)) / batch_size))
         total_steps = steps_per_epoch * cfg.epochs
         scheduler = self._scheduler(total_steps)
 
         start_epoch, best_score, best_epoch, bad_epochs = 0, -math.inf, -1, 0
+        stopped_early = False
         history: list[dict] = []
         best_state = copy.deepcopy(model.state_dict())
         if resume_path is not None and Path(resume_path).is_file():
-            state = torch.load(resume_path, map_location=self.device, weights_only=False)
-            model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler"):
-                scheduler.load_state_dict(state["scheduler"])
+            state = self._load_resume(Path(resume_path), scheduler)
             start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
             bad_epochs, history, best_state = state["bad_epochs"], state["history"], state["best_state"]
-            random.setstate(state["rng"]["python"])
-            np.random.set_state(state["rng"]["numpy"])
-            torch.set_rng_state(state["rng"]["torch"])
-            log.info("resumed %s at epoch %d", desc, start_epoch)
+            # a run killed after its early-stopping epoch was saved must not train on
+            stopped_early = bool(state.get("stopped_early", False))
+            log.info("resumed %s after epoch %d", desc, start_epoch)
 
         writer = None
         if self.tensorboard and self.log_dir and D.is_main():
@@ -232,8 +289,8 @@ class Trainer:
             except ImportError:  # tensorboard is optional at run time
                 log.warning("tensorboard not installed: logging to history.csv only")
 
-        stopped_early = False
-        epoch_bar = tqdm(range(start_epoch, cfg.epochs), desc=desc, unit="epoch",
+        epochs = range(start_epoch, cfg.epochs) if not stopped_early else range(0)
+        epoch_bar = tqdm(epochs, desc=desc, unit="epoch",
                          disable=not (self.progress and D.is_main()), leave=False)
         for epoch in epoch_bar:
             t0 = time.time()
@@ -241,7 +298,7 @@ class Trainer:
             order = self._train_order(train_idx, data.labels, epoch)
             sums: dict[str, float] = {}
             n_steps = 0
-            for step, batch in enumerate(data.batches(order, cfg.batch_size)):
+            for step, batch in enumerate(data.batches(order, batch_size)):
                 progress = (epoch * steps_per_epoch + step) / max(1, total_steps)
                 model.set_progress(progress)
                 out = net(batch.inputs.to(self.device), labels=batch.labels.to(self.device),
@@ -257,7 +314,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n_steps += 1
             row = {"epoch": epoch + 1}  # 1-based in logs and metrics
-            row.update({f"train_{k}": v / max(1, n_steps) for k, v in sums.items()})
+            row.update({f"train_{k}": v for k, v in _mean_over_ranks(sums, n_steps).items()})
             row.update({k: float(v) for k, v in model.state_for_log().items()})
             row.update({k: float(v) for k, v in model.end_epoch().items()})
             row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -282,27 +339,50 @@ class Trainer:
                         writer.add_scalar(k, v, epoch)
             if self.log_dir and D.is_main():
                 self._write_history(history)
-            stop = cfg.patience > 0 and bad_epochs >= cfg.patience
-            if resume_path is not None and D.is_main():
-                with atomic_path(resume_path) as tmp:
-                    torch.save({
-                        "epoch": epoch, "model": model.state_dict(),
-                        "optimizer": self.optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                        "history": history, "best_state": best_state,
-                        "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                                "torch": torch.get_rng_state()},
-                    }, tmp)
+            stopped_early = cfg.patience > 0 and bad_epochs >= cfg.patience
+            if resume_path is not None:
+                # every rank's generators: their dropout draws differ once batch sizes do
+                rngs = D.all_gather_objects(rng_state(self.device))
+                if D.is_main():
+                    with atomic_path(resume_path) as tmp:
+                        torch.save({
+                            "epoch": epoch, "model": model.state_dict(),
+                            "optimizer": self.optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                            "best_score": best_score, "best_epoch": best_epoch,
+                            "bad_epochs": bad_epochs, "stopped_early": stopped_early,
+                            "history": history, "best_state": best_state, "rng": rngs,
+                        }, tmp)
             D.barrier()
-            if stop:
-                stopped_early = True
+            if stopped_early:
                 break
         if writer is not None:
             writer.close()
         model.load_state_dict(best_state)
         return FitResult(best_epoch=best_epoch, best_score=best_score, history=history,
                          stopped_early=stopped_early)
+
+    def _load_resume(self, path: Path, scheduler) -> dict:
+        """Restore model, optimiser, scheduler and RNG states from ``path``; return the
+        file's contents (epoch, counters, history, best weights)."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler"):
+                scheduler.load_state_dict(state["scheduler"])
+            rngs = state["rng"]
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunError(f"{path}: cannot resume from this training state ({reason[:200]}); "
+                           f"delete it to restart this fold from its first epoch") from None
+        if isinstance(rngs, dict):  # a single-process state
+            rngs = [rngs]
+        if len(rngs) != D.world_size():
+            log.warning("%s was saved by %d process(es), resumed by %d: the random draws after the "
+                        "resume differ from an uninterrupted run", path, len(rngs), D.world_size())
+        set_rng_state(rngs[D.rank() % len(rngs)], self.device)
+        return state
 
     def _write_history(self, history: list[dict]) -> None:
         keys: list[str] = []
