@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fdrl.cli import main
+from fdrl.config import load_config
 from tests.conftest import tiny_overrides
 from tests.robustness import error_line, one_torch_thread  # noqa: F401
 
@@ -71,7 +72,8 @@ def test_collect_refuses_other_configs_duplicates_and_existing_folders(jobs, tin
     other = _cv(tmp, tiny_corpus, feature_cache, "other-lr", "--folds", "2", "train.lr=0.01")
     assert main(["collect", str(one), str(other)]) == 2
     line = error_line(capsys.readouterr().err)
-    assert str(other) in line and "train.lr: 0.001 vs 0.01" in line
+    demo_lr = load_config("demo").train.lr
+    assert str(other) in line and f"train.lr: {demo_lr!r} vs 0.01" in line
 
     assert main(["collect", str(one), str(both)]) == 2
     line = error_line(capsys.readouterr().err)
