@@ -153,7 +153,7 @@ def rebuild_encoder(modality: str, spec: dict | None, where: str = "bundle", dev
             encoder = build_encoder(modality, kept, device=device)
     except ConfigError as exc:
         raise BundleError(f"{where}: cannot rebuild the {modality} encoder {spec}: {exc}") from None
-    rebuilt = encoder.spec()
+    rebuilt = {**encoder.settings(), **encoder.spec()}  # what the output depends on
     differ = [k for k in spec if k in rebuilt and rebuilt[k] != spec[k]
               and not (k == "dim" and spec[k] is None)]
     if differ:
