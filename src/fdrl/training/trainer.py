@@ -192,6 +192,10 @@ class Trainer:
     def __init__(self, model: EmotionModel, cfg: TrainConfig, device: torch.device,
                  log_dir: Path | None = None, tensorboard: bool = False,
                  backbone_params: list[torch.nn.Parameter] | None = None, progress: bool = True):
+        if device.type == "cpu" and cfg.threads > 0:
+            # a feature-cache head is too small for intra-op parallelism: extra threads
+            # only add synchronisation (10x slower on a busy 2-core machine)
+            torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         self.device = device
         self.model = model.to(device)
