@@ -1,7 +1,7 @@
 """``fdrl cv`` (cross-validation with any config) and ``fdrl demo`` (the main job).
 
 Both run unchanged under ``torchrun --nproc_per_node=N -m fdrl cv ...`` (one process
-per GPU, or gloo on CPU); see docs/robustness.md.
+per GPU, or gloo on CPU); see README, "Running on several GPUs or machines".
 """
 
 from __future__ import annotations
