@@ -119,7 +119,9 @@ def test_multitask_defaults_and_identity_switch():
     out = model(batch(), labels=torch.arange(8) % 4, speakers=torch.arange(8) % 5)
     assert "identity_speaker" in out.terms and "identity" in out.embeddings
     plain = make("multitask", identity={"method": "none"})
-    assert plain.identity is None
+    assert plain.identity is None and make("multitask", identity=None).identity is None
+    # a mapping without a method (e.g. model.identity.weight=0.5) keeps the multitask default
+    assert make("multitask", identity={"weight": 0.5}).identity.method == "multitask"
     with pytest.raises(ConfigError, match="model.identity.methd"):
         make("multitask", identity={"methd": "adversarial"})
     with pytest.raises(ValueError, match="speaker indices"):

@@ -52,6 +52,9 @@ def test_parse_identity_is_strict():
         parse_identity({"mode": "adversarial"})
     with pytest.raises(ConfigError, match="model.identity.method"):
         parse_identity({"method": "adversary"})
+    with pytest.raises(ConfigError, match="model.identity.method: required"):
+        parse_identity({"weight": 0.5})
+    assert parse_identity({"weight": 0.5}, default_method="multitask").method == "multitask"
     with pytest.raises(ConfigError, match="2 speakers"):
         IdentityModule(IdentityConfig(method="multitask"), D_E, D_H, num_speakers=1)
 
@@ -125,7 +128,7 @@ def test_orthogonality_term_is_the_difference_loss_and_zero_when_orthogonal():
     e, h, spk = data()
     term, w = m.losses(e, h, spk)["identity_orthogonal"]
     assert w == 1.0
-    assert torch.allclose(term, orthogonality_loss(e, m.identity_embedding(h)))
+    assert torch.allclose(term, orthogonality_loss(e, m.identity_embedding(h), reduction="mean"))
     # columns of a Hadamard matrix: zero-mean, mutually orthogonal, rows of equal norm
     # (the loss normalises rows, so equal row norms keep the columns orthogonal)
     H2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]])

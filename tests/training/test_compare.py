@@ -51,6 +51,28 @@ def test_plan_gives_each_model_its_own_section(tmp_path):
         make_plan(str(cfg_file), ["concat"], ["misa.d=3"])
 
 
+def test_labelled_variants_of_one_model(tmp_path):
+    cfg_file = tmp_path / "cmp.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model": {"name": "concat", "d": 24}}))
+    plan = make_plan(str(cfg_file), ["multitask", "adv=multitask", "orth=multitask"],
+                     ["adv.identity.method=adversarial", "orth.identity={method: orthogonality}",
+                      "model.identity.weight=0.5"], probe=True)
+    assert plan.models == ["multitask", "adv", "orth"] and plan.reference == "multitask"
+    cfgs = {m: model_config(plan, m, 3) for m in plan.models}
+    assert {c.model_name for c in cfgs.values()} == {"multitask"}
+    assert cfgs["adv"].model.identity == {"method": "adversarial", "weight": 0.5}
+    assert cfgs["orth"].model.identity["method"] == "orthogonality"
+    # a partial identity mapping replaces the default one; multitask fills in its method
+    assert cfgs["multitask"].model.identity == {"weight": 0.5}
+    assert cfgs["adv"].model.d == 24 and cfgs["adv"].run.name == "adv-seed3"
+    with pytest.raises(ConfigError, match="twice"):
+        make_plan(str(cfg_file), ["concat", "concat"])
+    with pytest.raises(ConfigError, match="config section"):
+        make_plan(str(cfg_file), ["train=concat"])
+    with pytest.raises(ConfigError, match="no '.'"):
+        make_plan(str(cfg_file), ["w0.1=concat"])
+
+
 def _compare(tmp_path, tiny_corpus, feature_cache, *extra):
     args = ["compare", "--config", "demo", "--models", "speech-only,concat", "--folds", "1,2",
             "--probe", "--quiet", *tiny_overrides(tiny_corpus, feature_cache, tmp_path / "runs"),

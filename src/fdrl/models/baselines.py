@@ -68,9 +68,10 @@ class BaselineConfig:
 class MultitaskConfig(BaselineConfig):
     """``concat`` plus emotion/identity disentanglement (see :mod:`fdrl.models.identity`)."""
 
-    identity: dict = field(default_factory=lambda: {"method": "multitask"})  # IdentityConfig
+    identity: dict | None = field(default_factory=lambda: {"method": "multitask"})  # IdentityConfig
                                      # fields: method (none|multitask|adversarial|confusion|
-                                     # orthogonality), weight, speaker_weight, hidden, d, ...
+                                     # orthogonality; default multitask), weight, speaker_weight,
+                                     # hidden, d, ...; null = none (plain concat)
 
 
 @dataclass
@@ -260,7 +261,7 @@ def build_concat(cfg: BaselineConfig, spec: InputSpec) -> Concat:
 def build_multitask(cfg: MultitaskConfig, spec: InputSpec) -> Concat:
     check_common(cfg, spec, "multitask", MODALITIES)
     identity = build_identity(cfg.identity, d_emotion=cfg.d, d_trunk=2 * cfg.d_input,
-                              num_speakers=spec.num_speakers)
+                              num_speakers=spec.num_speakers, default_method="multitask")
     return Concat(cfg, spec, identity)
 
 

@@ -39,8 +39,8 @@ The picture, for a model with a shared trunk ``h`` and an emotion embedding ``e`
     multitask + the difference loss between ``e`` and ``z`` (term
     ``identity_orthogonal``, weight ``weight``), the same form as FDRL's L_d
     (:func:`fdrl.losses.orthogonality_loss`: centred columns, unit rows, squared
-    Frobenius norm of ``e^T z``), so ``e`` and the identity embedding span different
-    directions.
+    Frobenius norm of ``e^T z``, averaged over its entries by default), so ``e`` and the
+    identity embedding span different directions.
 
 Every method other than ``none`` also logs ``identity_emotion_speaker_acc``: the
 batch accuracy of a speaker classifier on ``e`` (the adversary / confusion classifier
@@ -53,7 +53,7 @@ sized for every speaker of the corpus and simply never trained on the test ones.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Mapping
 
 import torch
@@ -78,21 +78,36 @@ class IdentityConfig:
     hidden: int = 128                # hidden width of the identity encoder and speaker classifiers
     d: int | None = None             # width of the identity embedding z; None = the emotion embedding's
     dropout: float = 0.1             # dropout inside the identity encoder and classifiers
-    orth_reduction: Literal["sum", "mean"] = "sum"  # as FDRL's L_d: sum = ||e^T z||_F^2, mean = / (d_e d_z)
+    orth_reduction: Literal["sum", "mean"] = "mean"  # as FDRL's L_d: mean = ||e^T z||_F^2 / (d_e d_z)
+                                     # (MISA's code); sum grows with the batch and, at weight 1,
+                                     # swamped the emotion loss on the demo corpus
     grl_schedule: Literal["dann", "constant"] = "dann"  # adversarial GRL factor over training
     grl_gamma: float = 10.0          # steepness of the DANN schedule
     grl_lambda_max: float = 1.0      # GRL factor at the end of training (or always, "constant")
 
 
-def parse_identity(value: Mapping | IdentityConfig | None, key: str = "model.identity"
-                   ) -> IdentityConfig | None:
+def parse_identity(value: Mapping | IdentityConfig | None, key: str = "model.identity",
+                   default_method: str | None = None) -> IdentityConfig | None:
     """A validated :class:`IdentityConfig` from a config mapping; None when absent or
-    ``method: none``. Unknown keys and bad values raise :class:`ConfigError` naming ``key``."""
+    ``method: none``. Unknown keys and bad values raise :class:`ConfigError` naming ``key``.
+
+    A mapping without ``method`` (e.g. from the override ``model.identity.weight=0.5``,
+    which replaces the whole default mapping) takes ``default_method``; without one it
+    is an error rather than a silent ``none``.
+    """
     from fdrl.config import build_dataclass  # config imports the model registry: import late
 
     if value is None:
         return None
-    cfg = value if isinstance(value, IdentityConfig) else build_dataclass(IdentityConfig, value, key)
+    if isinstance(value, IdentityConfig):
+        cfg = value
+    else:
+        cfg = build_dataclass(IdentityConfig, value, key)  # unknown keys named first
+        if "method" not in value:
+            if default_method is None:
+                raise ConfigError(f"{key}.method: required when {key} is set (one of "
+                                  f"{list(METHODS)}), got only {sorted(value)}")
+            cfg = replace(cfg, method=default_method)
     if cfg.method not in METHODS:
         raise ConfigError(f"{key}.method: expected one of {list(METHODS)}, got {cfg.method!r}")
     if cfg.hidden < 1 or (cfg.d is not None and cfg.d < 1):
@@ -232,9 +247,10 @@ class IdentityModule(nn.Module):
 
 
 def build_identity(value, d_emotion: int, d_trunk: int, num_speakers: int,
-                   key: str = "model.identity") -> IdentityModule | None:
+                   key: str = "model.identity", default_method: str | None = None
+                   ) -> IdentityModule | None:
     """Parse ``value`` (a config mapping) and build the module; None for ``method: none``."""
-    cfg = parse_identity(value, key)
+    cfg = parse_identity(value, key, default_method)
     if cfg is None:
         return None
     return IdentityModule(cfg, d_emotion, d_trunk, num_speakers)

@@ -16,14 +16,19 @@ Each model's configuration, from weakest to strongest:
 2. the YAML's ``model:`` section: all of it for the model it names; its other keys
    (``d``, ``hidden``, ``dropout``...) also for every compared model whose config has
    a field of that name, so widths are shared where they mean the same thing;
-3. ``compare: {models: {<name>: {key: value}}}`` in the YAML (the only extra
+3. ``compare: {models: {<label>: {key: value}}}`` in the YAML (the only extra
    top-level key a comparison file may have; ``compare: {default_models: [...]}``
    gives the models when ``--models`` is not passed);
 4. ``model.KEY=VALUE`` on the command line: every model whose config has KEY (an error
    when none has);
-5. ``<name>.KEY=VALUE`` on the command line: that model only.
+5. ``<label>.KEY=VALUE`` on the command line: that entry only.
 
-Then ``train.seed = base seed + k`` and ``run.name = <model>-seed<k>``.
+Then ``train.seed = base seed + k`` and ``run.name = <label>-seed<k>``.
+
+An entry of ``--models`` is a registry name (its label is the name) or
+``label=name``, so one model can appear in several variants, e.g. the identity
+techniques: ``--models multitask,adv=multitask,orth=multitask
+adv.identity.method=adversarial orth.identity.method=orthogonality``.
 
 Same data for every model: one :func:`~fdrl.training.cv.prepare` (the base's data and
 features sections) is passed to every :func:`~fdrl.training.cv.run_cv`. Unimodal
@@ -48,6 +53,7 @@ import dataclasses
 import io
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +71,7 @@ from fdrl.utils.io import read_json, write_json, write_text
 log = logging.getLogger(__name__)
 
 PLAN = "plan.json"
+LABEL_RE = re.compile(r"^[A-Za-z0-9_+-]+$")  # names a run folder; no '.' (<label>.KEY overrides)
 TIMING = "timing.json"
 METRICS = ("war", "uar", "macro_f1")
 
@@ -74,13 +81,18 @@ class ComparePlan:
     """What a comparison runs."""
 
     base: dict                          # config without the model section (overrides applied)
-    models: list[str]                   # registry names, in table order
-    sections: dict[str, dict]           # model -> its model section (without name)
+    models: list[str]                   # labels, in table order
+    sections: dict[str, dict]           # label -> its model section (without name)
     seeds: list[int]                    # train.seed values
     probe: bool = False                 # speaker probes on the emotion embeddings
     reference: str | None = None        # model the probe's disentanglement % refers to
     source: str = ""                    # the config name or file
     cli_overrides: list = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # label -> registry name (default: label)
+
+    def name(self, label: str) -> str:
+        """The registry name of a label."""
+        return self.names.get(label, label)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,20 +134,43 @@ def _split_overrides(overrides: list[str], models: list[str]
     return general, every, per_model
 
 
+def parse_models(entries: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``["concat", "adv=multitask"]`` -> labels ``["concat", "adv"]`` and
+    ``{"concat": "concat", "adv": "multitask"}``; unknown names and bad or repeated
+    labels are ConfigErrors."""
+    labels, names = [], {}
+    for entry in entries:
+        label, _, name = entry.partition("=") if "=" in entry else (entry, "", entry)
+        label, name = label.strip(), name.strip()
+        if not LABEL_RE.match(label) or label in SECTIONS or label == "model":
+            raise ConfigError(f"--models: label '{label}' must use letters, digits and _ + - "
+                              f"only (no '.': overrides read <label>.KEY) and not be a config "
+                              f"section name")
+        if label in names:
+            raise ConfigError(f"--models: '{label}' appears twice; give variants their own "
+                              f"label (label=model)")
+        registry.get(name)  # ConfigError with a suggestion for an unknown name
+        labels.append(label)
+        names[label] = name
+    return labels, names
+
+
 def make_plan(config: str, models: list[str] | None, overrides: list[str] | None = None,
               n_seeds: int = 1, probe: bool = False, reference: str | None = None) -> ComparePlan:
-    """Resolve every model's configuration and check it (a typo fails before training)."""
+    """Resolve every model's configuration and check it (a typo fails before training).
+
+    ``models``: registry names or ``label=name`` entries (see the module docstring).
+    """
     data = load_yaml(resolve_config_path(config))
     extra = data.pop("compare", None) or {}
     if not isinstance(extra, dict) or set(extra) - {"models", "default_models"}:
         raise ConfigError(f"{config}: 'compare' expects a mapping with 'models' "
-                          f"({{name: {{key: value}}}}) and/or 'default_models' ([names])")
-    models = list(dict.fromkeys(models or extra.get("default_models") or []))
-    if not models:
+                          f"({{label: {{key: value}}}}) and/or 'default_models' ([names])")
+    entries = [str(m) for m in (models or extra.get("default_models") or [])]
+    if not entries:
         raise ConfigError("--models: give at least one model, e.g. --models fdrl,foalnet,concat "
                           f"(known: {', '.join(registry.names())})")
-    for m in models:
-        registry.get(m)  # ConfigError with a suggestion for an unknown name
+    models, reg = parse_models(entries)
     if n_seeds < 1:
         raise ConfigError(f"--seeds: expected at least 1, got {n_seeds}")
     general, every, per_model = _split_overrides(list(overrides or []), models)
@@ -143,17 +178,18 @@ def make_plan(config: str, models: list[str] | None, overrides: list[str] | None
     base_name = str(base_model.pop("name", "fdrl"))
     base = apply_overrides(data, general)
     yaml_sections = extra.get("models") or {}
-    unknown = [m for m in yaml_sections if m not in registry.names()]
+    unknown = [m for m in yaml_sections if m not in models]
     if unknown:
-        raise ConfigError(f"{config}: compare.models names unknown models {unknown}")
+        log.warning("%s: compare.models has sections for %s, which are not compared",
+                    config, unknown)
     sections: dict[str, dict] = {}
     for key in every:
-        if not any(key.split(".")[0] in _fields(m) for m in models):
+        if not any(key.split(".")[0] in _fields(reg[m]) for m in models):
             raise ConfigError(f"override 'model.{key}': none of the compared models {models} "
                               f"has a field '{key.split('.')[0]}'")
     for m in models:
-        names = _fields(m)
-        sec = (dict(base_model) if m == base_name
+        names = _fields(reg[m])
+        sec = (dict(base_model) if reg[m] == base_name
                else {k: v for k, v in base_model.items() if k in names})
         sec = apply_overrides(sec, yaml_sections.get(m) or {})
         sec = apply_overrides(sec, {k: v for k, v in every.items() if k.split(".")[0] in names})
@@ -163,7 +199,7 @@ def make_plan(config: str, models: list[str] | None, overrides: list[str] | None
                        seeds=[base_seed + k for k in range(n_seeds)], probe=probe,
                        reference=reference if reference is not None
                        else ("multitask" if probe and "multitask" in models else None),
-                       source=config, cli_overrides=list(overrides or []))
+                       source=config, cli_overrides=list(overrides or []), names=reg)
     if plan.reference is not None and plan.reference not in models:
         raise ConfigError(f"--reference: '{plan.reference}' is not among the compared models {models}")
     for m in models:
@@ -174,7 +210,7 @@ def make_plan(config: str, models: list[str] | None, overrides: list[str] | None
 def model_config(plan: ComparePlan, model: str, seed: int) -> Config:
     """The validated configuration of ``model`` with ``train.seed = seed``."""
     data = copy.deepcopy(plan.base)
-    data["model"] = {"name": model, **copy.deepcopy(plan.sections[model])}
+    data["model"] = {"name": plan.name(model), **copy.deepcopy(plan.sections[model])}
     data = apply_overrides(data, {"train.seed": seed, "run.name": run_name(model, seed)})
     try:
         return from_dict(data)
@@ -326,7 +362,8 @@ def summarize(cmp_dir: str | Path, plan: ComparePlan | None = None) -> dict:
             runs.append(run)
         done = [r for r in runs if r["status"] == "done"]
         secs = [r["seconds"] for r in done if r.get("seconds") is not None]
-        rows.append({"model": m, "doc": registry.get(m).doc, "runs": runs,
+        rows.append({"model": m, "registry_name": plan.name(m), "doc": registry.get(plan.name(m)).doc,
+                     "runs": runs,
                      "seeds_done": len(done), "seeds_planned": len(plan.seeds),
                      "seconds": float(np.sum(secs)) if secs else None,
                      **{k: _stats([r[k] for r in done]) for k in METRICS},
@@ -446,7 +483,8 @@ def compare_markdown(summary: dict) -> str:
     for r in summary["models"]:
         sec = summary["plan"]["sections"].get(r["model"]) or {}
         cfg = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in sec.items()) or "defaults"
-        lines.append(f"- **{r['model']}**: {r['doc']} — {cfg}")
+        alias = f" (`{r['registry_name']}`)" if r.get("registry_name", r["model"]) != r["model"] else ""
+        lines.append(f"- **{r['model']}**{alias}: {r['doc']} — {cfg}")
     return "\n".join(lines) + "\n"
 
 
