@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -33,21 +31,11 @@ import torch
 
 from fdrl.data.manifest import Manifest
 from fdrl.encoders.cache import extract_features
+from fdrl.utils.system import machine
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            # other work on the machine slows both paths; the 1-min load average says how much
-            "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def toolkit(rows: list[dict], root: Path, encoder, batch_size: int) -> tuple[float, np.ndarray]:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -35,21 +33,11 @@ import numpy as np
 import soundfile as sf
 import torch
 import yaml
+from fdrl.utils.system import machine
 
 SENTENCE = "I can't believe they moved the meeting again, this is ridiculous!"
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            # other work on the machine slows every figure; the 1-min load average says how much
-            "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def train_demo_bundle(work: Path, speech: str) -> Path:

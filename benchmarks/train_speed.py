@@ -24,8 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import statistics
 import sys
@@ -35,22 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fdrl.utils.system import machine
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH_DIM, TEXT_DIM, N_SPEAKERS = 50, 384, 10
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            # other work on the machine slows every figure; the 1-min load average says how much
-            "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def build_fdrl(num_classes: int, overrides: list[str]):
