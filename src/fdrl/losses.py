@@ -96,8 +96,9 @@ def orthogonality_loss(S: torch.Tensor, P: torch.Tensor, reduction: str = "sum",
 
     As MISA's difference loss: each column is centred over the batch and each row is
     L2-normalised before the product, so the term cannot be lowered by shrinking the
-    features (rescaling S or P leaves it unchanged). It is 0 exactly when every
-    centred column of S is orthogonal (as a B-vector) to every centred column of P.
+    features (rescaling S or P leaves it unchanged). It is 0 exactly when every column
+    of the centred, row-normalised S is orthogonal (as a B-vector) to every column of
+    the centred, row-normalised P (for rows of equal norm, the centred columns).
 
     Parameters
     ----------

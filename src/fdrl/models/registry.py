@@ -16,6 +16,7 @@ BUILTIN_MODULES = (
     "fdrl.models.fdrl",
     "fdrl.models.baselines",
     "fdrl.models.foalnet",
+    "fdrl.models.identity",
 )
 
 
