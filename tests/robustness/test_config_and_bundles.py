@@ -35,10 +35,6 @@ def test_bad_config_file(tmp_path, capsys, yaml_text, words):
     assert words in error_line(capsys.readouterr().err)
 
 
-@pytest.mark.xfail(strict=True, reason="fdrl.config.load_yaml puts the whole multi-line PyYAML "
-                   "message in the error; its first line lacks the position (line:column). Fix in "
-                   "config.py: report f'{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML "
-                   "({exc.problem})' from exc.problem_mark")
 def test_invalid_yaml_first_line_names_file_line_and_problem(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(FAST_CONFIG + "data: [1, 2\n")
