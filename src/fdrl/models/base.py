@@ -107,3 +107,20 @@ class InputSpec:
     num_speakers: int = 0
     speech_backbone: nn.Module | None = None
     text_backbone: nn.Module | None = None
+
+
+def check_sizes(cfg, positive: tuple[str, ...], heads_divide: bool = False) -> None:
+    """Checks every model config shares: the named sizes are positive integers, the
+    conv front-end depth is >= 0, dropout is in [0, 1) and (optionally) ``d`` is
+    divisible by ``n_heads``. Raises ConfigError naming the key."""
+    from fdrl.errors import ConfigError
+
+    for key in positive:
+        if int(getattr(cfg, key)) < 1:
+            raise ConfigError(f"model.{key}: expected a positive integer, got {getattr(cfg, key)!r}")
+    if cfg.front_end_layers < 0:
+        raise ConfigError(f"model.front_end_layers: expected >= 0, got {cfg.front_end_layers}")
+    if heads_divide and cfg.d % cfg.n_heads:
+        raise ConfigError(f"model.d: {cfg.d} is not divisible by model.n_heads={cfg.n_heads}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"model.dropout: expected a value in [0, 1), got {cfg.dropout}")

@@ -37,7 +37,7 @@ from torch import nn
 
 from fdrl.errors import ConfigError
 from fdrl.losses import combine, orthogonality_loss, task_loss
-from fdrl.models.base import EmotionModel, InputSpec, Inputs, ModelOutput
+from fdrl.models.base import check_sizes, EmotionModel, InputSpec, Inputs, ModelOutput
 from fdrl.models.identity import IdentityModule, build_identity
 from fdrl.models.layers import MLP, CrossModalFusion, ModalityInput
 from fdrl.models.registry import register
@@ -126,13 +126,7 @@ def check_common(cfg: BaselineConfig, spec: InputSpec, name: str,
                               f"(features.{m}.name is none?)")
     if spec.num_classes < 2:
         raise ConfigError(f"model '{name}' needs at least 2 classes, the data have {spec.num_classes}")
-    for key in ("d", "hidden", "d_input", "front_end_channels", "front_end_stride"):
-        if int(getattr(cfg, key)) < 1:
-            raise ConfigError(f"model.{key}: expected a positive integer, got {getattr(cfg, key)!r}")
-    if cfg.front_end_layers < 0:
-        raise ConfigError(f"model.front_end_layers: expected >= 0, got {cfg.front_end_layers}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"model.dropout: expected a value in [0, 1), got {cfg.dropout}")
+    check_sizes(cfg, ("d", "hidden", "d_input", "front_end_channels", "front_end_stride"))
     if cfg.pooling not in ("attention", "mean"):
         raise ConfigError(f"model.pooling: expected 'attention' or 'mean', got {cfg.pooling!r}")
 

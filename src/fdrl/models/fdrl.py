@@ -62,7 +62,7 @@ from fdrl.losses import (
     predictor_loss,
     task_loss,
 )
-from fdrl.models.base import EmotionModel, InputSpec, Inputs, ModelOutput
+from fdrl.models.base import check_sizes, EmotionModel, InputSpec, Inputs, ModelOutput
 from fdrl.models.identity import build_identity, parse_identity
 from fdrl.models.layers import (
     MLP,
@@ -423,16 +423,8 @@ def _check(cfg: FDRLConfig, spec: InputSpec) -> None:
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"model.{key}: expected one of {list(allowed)}, "
                               f"got {getattr(cfg, key)!r}")
-    for key in ("d", "hidden", "d_input", "front_end_channels", "n_heads", "disc_hidden",
-                "front_end_stride"):
-        if int(getattr(cfg, key)) < 1:
-            raise ConfigError(f"model.{key}: expected a positive integer, got {getattr(cfg, key)!r}")
-    if cfg.front_end_layers < 0:
-        raise ConfigError(f"model.front_end_layers: expected >= 0, got {cfg.front_end_layers}")
-    if cfg.d % cfg.n_heads:
-        raise ConfigError(f"model.d: {cfg.d} is not divisible by model.n_heads={cfg.n_heads}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"model.dropout: expected a value in [0, 1), got {cfg.dropout}")
+    check_sizes(cfg, ("d", "hidden", "d_input", "front_end_channels", "n_heads", "disc_hidden",
+                      "front_end_stride"), heads_divide=True)
     if not 0.0 <= cfg.mu_init <= 1.0:
         raise ConfigError(f"model.mu_init: expected a value in [0, 1], got {cfg.mu_init}")
     if cfg.mu_fixed is not None and not 0.0 <= cfg.mu_fixed <= 1.0:

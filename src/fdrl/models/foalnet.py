@@ -56,7 +56,7 @@ from torch import nn
 
 from fdrl.errors import ConfigError
 from fdrl.losses import combine, task_loss
-from fdrl.models.base import EmotionModel, InputSpec, Inputs, ModelOutput
+from fdrl.models.base import check_sizes, EmotionModel, InputSpec, Inputs, ModelOutput
 from fdrl.models.baselines import modality_input, modality_tensors
 from fdrl.models.layers import masked_mean
 from fdrl.models.registry import register
@@ -310,15 +310,8 @@ def _check(cfg: FoalNetConfig, spec: InputSpec) -> None:
                           f"(speech_dim={spec.speech_dim}, text_dim={spec.text_dim})")
     if spec.num_classes < 2:
         raise ConfigError(f"Foal-Net needs at least 2 classes, the data have {spec.num_classes}")
-    for key in ("d", "proj_dim", "n_heads", "n_layers", "front_end_channels", "front_end_stride"):
-        if int(getattr(cfg, key)) < 1:
-            raise ConfigError(f"model.{key}: expected a positive integer, got {getattr(cfg, key)!r}")
-    if cfg.front_end_layers < 0:
-        raise ConfigError(f"model.front_end_layers: expected >= 0, got {cfg.front_end_layers}")
-    if cfg.d % cfg.n_heads:
-        raise ConfigError(f"model.d: {cfg.d} is not divisible by model.n_heads={cfg.n_heads}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"model.dropout: expected a value in [0, 1), got {cfg.dropout}")
+    check_sizes(cfg, ("d", "proj_dim", "n_heads", "n_layers", "front_end_channels",
+                      "front_end_stride"), heads_divide=True)
     if not 0.0 < cfg.temperature_min <= cfg.temperature_init <= cfg.temperature_max:
         raise ConfigError("model.temperature_*: expected 0 < temperature_min <= temperature_init "
                           f"<= temperature_max, got {cfg.temperature_min}, {cfg.temperature_init}, "
