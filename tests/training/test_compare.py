@@ -113,6 +113,14 @@ def test_compare_two_models_two_folds_through_the_cli(tmp_path, tiny_corpus, fea
     assert single["mode"] == "single model (fold 1)"
     assert single["pooled"]["emotion"]["n_speakers"] == 10
     assert single["pooled"]["emotion"]["n_train"] + single["pooled"]["emotion"]["n_test"] == 120
+    # every fold model: the same with each fold's checkpoint, the mean and the spread
+    assert main(["probe", str(cmp_dir / "runs" / "concat-seed0"), "--single-model", "all"]) == 0
+    every = json.loads((cmp_dir / "runs" / "concat-seed0" / "probe-3.json").read_text())
+    e = every["pooled"]["emotion"]
+    assert every["mode"] == "every fold model (2 models)" and set(e["models"]) == {"model of fold 1",
+                                                                                  "model of fold 2"}
+    assert e["models"]["model of fold 1"] == pytest.approx(single["pooled"]["emotion"]["accuracy"])
+    assert e["accuracy"] == pytest.approx(sum(e["models"].values()) / 2) and e["accuracy_std"] >= 0
 
     # resume: finished runs are skipped (their results are not rewritten)
     before = (cmp_dir / "runs" / "concat-seed0" / "results.json").stat().st_mtime_ns
@@ -120,3 +128,19 @@ def test_compare_two_models_two_folds_through_the_cli(tmp_path, tiny_corpus, fea
     assert (cmp_dir / "runs" / "concat-seed0" / "results.json").stat().st_mtime_ns == before
     assert main(["compare", "--resume", str(cmp_dir), "--models", "misa"]) == 2
     assert "plan.json" in capsys.readouterr().err
+
+
+def test_leave_one_speaker_out_probe_uses_every_fold_model(tmp_path, tiny_corpus, feature_cache):
+    """Each test fold holds one speaker: the compare probe embeds the corpus with each fold's
+    model (10-way identification) instead of pooling single-speaker test sets."""
+    args = ["compare", "--config", "demo", "--models", "concat", "--folds", "Ses01_F,Ses01_M",
+            "--probe", "--quiet", *tiny_overrides(tiny_corpus, feature_cache, tmp_path / "runs"),
+            "train.epochs=2", "cv.protocol=speaker"]
+    assert main(args) == 0
+    (cmp_dir,) = list((tmp_path / "runs").iterdir())
+    p = json.loads((cmp_dir / "compare.json").read_text())["models"][0]["probe"]
+    assert p["mode"] == "every fold model (2 models)"
+    assert p["n_speakers"] == 10 and p["chance"] == pytest.approx(0.1)
+    assert p["accuracy_std"] is not None and p["fold_chance"] is None
+    md = (cmp_dir / "compare.md").read_text()
+    assert "each fold's model embeds the whole corpus" in md and " ± " in md.split("| concat |")[1]

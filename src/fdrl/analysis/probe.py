@@ -39,6 +39,12 @@ Two ways to pool the data:
     utterance of the corpus with it (its training speakers included, which the model
     has seen) and probes those embeddings: identity left in one model's space.
 
+``every fold model`` (``single_model="all"``; what ``fdrl compare --probe`` uses when
+every test fold holds one speaker)
+    the single-model probe repeated with each fold's checkpoint (the features are
+    prepared once); the reported accuracy is the mean over the fold models, with their
+    standard deviation and each model's figure (``models``).
+
 Derived embeddings: for FDRL-style runs ``S = S_a + S_t`` (the paper's S) and
 ``P = [P_a; P_t]`` (concatenated) are added when their parts are present.
 """
@@ -144,6 +150,41 @@ def single_model_reps(run_dir: str | Path, fold: str) -> FoldReps:
     return FoldReps(f"model of fold {fold}", np.array([str(r["utt_id"]) for r in rows]),
                     np.array([str(r.get("speaker")) for r in rows]), pred.labels.astype(np.int64),
                     {k: v.astype(np.float32) for k, v in pred.embeddings.items()})
+
+
+def every_model_reps(run_dir: str | Path) -> list[FoldReps]:
+    """:func:`single_model_reps` for every fold with a checkpoint, features prepared once."""
+    import torch
+
+    from fdrl.checkpoint import load_checkpoint
+    from fdrl.data.folds import natural_key
+    from fdrl.training.cv import load_run_config, prepare
+    from fdrl.training.trainer import predict
+
+    run_dir = Path(run_dir)
+    cks = sorted((run_dir / "folds").glob("*/model"), key=lambda p: natural_key(p.parent.name))
+    if not cks:
+        raise RunError(f"{run_dir}/folds/*/model: no fold checkpoint found (the every-fold-model "
+                       f"probe embeds the corpus with each fold's model)")
+    cfg = load_run_config(run_dir)
+    prep = prepare(cfg, progress=False)
+    idx = np.arange(len(prep.manifest), dtype=np.int64)
+    rows = prep.manifest.rows
+    utt = np.array([str(r["utt_id"]) for r in rows])
+    spk = np.array([str(r.get("speaker")) for r in rows])
+    out = []
+    for ck in cks:
+        model, _, _ = load_checkpoint(ck, device="cpu")
+        pred = predict(model, prep.data, idx, cfg.train.eval_batch_size, torch.device("cpu"))
+        out.append(FoldReps(f"model of fold {ck.parent.name}", utt, spk, pred.labels.astype(np.int64),
+                            {k: v.astype(np.float32) for k, v in pred.embeddings.items()}))
+    return out
+
+
+def single_speaker_folds(folds: list[FoldReps]) -> bool:
+    """True when each test fold holds one speaker (leave-one-speaker-out): the folds' test
+    sets cannot be probed (pooled, the probe would recognise the fold model)."""
+    return bool(folds) and max(len(set(f.speaker.tolist())) for f in folds) == 1
 
 
 def add_derived(emb: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -262,7 +303,8 @@ def probe_folds(folds: list[FoldReps], names: list[str] | None = None,
         out["warnings"].append(
             "every test fold holds one speaker: the pooled probe cannot tell speaker from fold "
             "model (fold standardisation removes each speaker's mean; without it the probe "
-            "recognises the model). Use the single-model mode (fdrl probe --single-model FOLD).")
+            "recognises the model). Use the single-model mode (fdrl probe --single-model FOLD, or "
+            "--single-model all for every fold model).")
     for name in names:
         x = np.concatenate([e[name] for e in embs])
         if settings.fold_standardise:
@@ -296,13 +338,22 @@ def probe_run(run_dir: str | Path, names: list[str] | None = None,
     """
     run_dir = Path(run_dir)
     settings = settings or ProbeSettings()
-    if single_model is not None:
+    if single_model == "all":
+        settings = ProbeSettings(**{**asdict(settings), "per_fold": False})
+        models = every_model_reps(run_dir)
+        res = average_over_models([probe_folds([m], names, settings) for m in models],
+                                  [m.name for m in models])
+        res["mode"] = f"every fold model ({len(models)} model{'' if len(models) == 1 else 's'})"
+        folds = models
+    elif single_model is not None:
         folds = [single_model_reps(run_dir, single_model)]
         settings = ProbeSettings(**{**asdict(settings), "per_fold": False})
+        res = probe_folds(folds, names, settings)
+        res["mode"] = f"single model (fold {single_model})"
     else:
         folds = load_fold_reps(run_dir)
-    res = probe_folds(folds, names, settings)
-    res["mode"] = "pooled" if single_model is None else f"single model (fold {single_model})"
+        res = probe_folds(folds, names, settings)
+        res["mode"] = "pooled"
     results = read_json(run_dir / "results.json") if (run_dir / "results.json").is_file() else {}
     meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
     return {
@@ -312,6 +363,30 @@ def probe_run(run_dir: str | Path, names: list[str] | None = None,
         "war": (results.get("war") or {}).get("mean"), "uar": (results.get("uar") or {}).get("mean"),
         "settings": asdict(settings), **res,
     }
+
+
+def average_over_models(reports: list[dict], model_names: list[str]) -> dict:
+    """One report from the single-model probes of several fold models: per embedding the
+    mean accuracy (chance, majority: means too), ``accuracy_std`` over the models and each
+    model's accuracy under ``models``."""
+    first = reports[0]
+    pooled = {}
+    for name in first["embeddings"]:
+        rows = [r["pooled"][name] for r in reports]
+        accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]
+
+        def mean(key, rows=rows):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            return float(np.mean(vals)) if vals else None
+
+        pooled[name] = {**rows[0], "accuracy": float(np.mean(accs)) if accs else None,
+                        "accuracy_std": float(np.std(accs)) if accs else None,
+                        "chance": mean("chance"), "majority": mean("majority"),
+                        "fold_chance": None,
+                        "models": {m: r["accuracy"] for m, r in zip(model_names, rows)}}
+    warnings = sorted({w for r in reports for w in r.get("warnings", [])})
+    return {"embeddings": first["embeddings"], "pooled": pooled, "per_fold": {},
+            "warnings": warnings}
 
 
 def add_disentanglement(report: dict, reference: dict) -> dict:
@@ -361,6 +436,10 @@ def probe_markdown(report: dict) -> str:
     if str(report.get("mode", "pooled")).startswith("single"):
         lines += [f"**Mode: {report['mode']}**: one fold's checkpoint embeds every utterance "
                   "(its training speakers included); the probe is trained and tested on those.", ""]
+    elif str(report.get("mode", "pooled")).startswith("every"):
+        lines += [f"**Mode: {report['mode']}**: each fold's checkpoint embeds every utterance "
+                  "(its training speakers included) and gets its own probe; the accuracy is "
+                  "the mean over the fold models (± their standard deviation).", ""]
     lines += [f"> warning: {w}  " for w in report.get("warnings", [])]
     if report.get("warnings"):
         lines.append("")
@@ -373,7 +452,9 @@ def probe_markdown(report: dict) -> str:
                         f"{_pct(ref.get('uar'))} %).  ")
     lines += [head, sep]
     for name, r in report["pooled"].items():
-        row = (f"| {name} | {r.get('dim')} | {_pct(r['accuracy'])} | {_pct(r['chance'])} | "
+        acc = _pct(r["accuracy"]) + (f" ± {_pct(r['accuracy_std'])}" if r.get("accuracy_std") is not None
+                                     else "")
+        row = (f"| {name} | {r.get('dim')} | {acc} | {_pct(r['chance'])} | "
                f"{_pct(r['majority'])} | {_pct(r.get('fold_chance'))} |")
         if ref:
             d = r.get("disentanglement_pct")

@@ -28,7 +28,8 @@ def register(sub) -> None:
                         "(they come from different fold models)")
     p.add_argument("--single-model", metavar="FOLD",
                    help="embed every utterance with this fold's checkpoint and probe those "
-                        "(for leave-one-speaker-out, where each test fold has one speaker)")
+                        "(for leave-one-speaker-out, where each test fold has one speaker); "
+                        "'all': do so with every fold's checkpoint and report the mean")
     p.add_argument("--force", action="store_true",
                    help="replace probe.json / probe.md instead of writing probe-2.* etc.")
     p.set_defaults(func=cmd_probe)

@@ -278,25 +278,33 @@ def run_compare(cmp_dir: str | Path, progress: bool = True) -> dict:
 
 
 def run_probe(run_dir: Path) -> dict | None:
-    """The run's pooled speaker probe on its emotion embedding, cached in
-    ``run_dir/probe.json`` (computed once; None when no embedding is stored)."""
-    from fdrl.analysis.probe import (
-        ProbeSettings, emotion_key, load_fold_reps, probe_markdown, probe_run)
+    """The run's speaker probe on its emotion embedding, cached in ``run_dir/probe.json``
+    (computed once; None when no embedding is stored).
 
+    Pooled over the folds' test sets, except when every test fold holds a single speaker
+    (leave-one-speaker-out): then the pooled probe would recognise the fold model, so
+    each fold's checkpoint embeds the whole corpus and the probe accuracy is the mean
+    over the fold models (:func:`fdrl.analysis.probe.probe_run`, ``single_model="all"``).
+    """
+    from fdrl.analysis.probe import (
+        ProbeSettings, emotion_key, load_fold_reps, probe_markdown, probe_run, single_speaker_folds)
+
+    folds = load_fold_reps(run_dir)
+    every = single_speaker_folds(folds)
+    mode = "every" if every else "pooled"
+    settings = ProbeSettings(per_fold=not every)
     cached = run_dir / "probe.json"
-    settings = ProbeSettings()
     if cached.is_file():
         report = read_json(cached)
         if (report.get("settings") == dataclasses.asdict(settings)
-                and report.get("mode", "pooled") == "pooled"
+                and report.get("mode", "pooled").startswith(mode)
                 and report.get("emotion_key") in report.get("pooled", {})):
             return report
-    folds = load_fold_reps(run_dir)
     key = emotion_key(folds[0].emb)
     if key is None:
         log.warning("%s: no emotion embedding (emotion / fused) stored: no probe", run_dir)
         return None
-    report = probe_run(run_dir, [key], settings)
+    report = probe_run(run_dir, [key], settings, single_model="all" if every else None)
     # this folder belongs to the comparison: its probe files may be (re)written
     write_json(cached, report)
     write_text(run_dir / "probe.md", probe_markdown(report))
@@ -316,7 +324,8 @@ def _probe_stats(reports: list[dict]) -> dict | None:
     per_fold = [r["per_fold"][r["emotion_key"]]["mean_accuracy"] for r in reports
                 if r and r.get("per_fold") and r["emotion_key"] in r["per_fold"]]
     per_fold = [v for v in per_fold if v is not None]
-    return {"embedding": reports[0]["emotion_key"], "accuracy": avg("accuracy"),
+    return {"embedding": reports[0]["emotion_key"], "mode": reports[0].get("mode", "pooled"),
+            "accuracy": avg("accuracy"), "accuracy_std": avg("accuracy_std"),
             "chance": avg("chance"), "majority": avg("majority"),
             "fold_chance": avg("fold_chance"), "n_speakers": rows[0].get("n_speakers"),
             "per_fold_accuracy": float(np.mean(per_fold)) if per_fold else None,
@@ -396,7 +405,7 @@ CSV_COLUMNS = ("model", "seeds_done", "seeds_planned", "n_values", "war_mean_pct
                "uar_mean_pct", "uar_std_pct", "macro_f1_mean_pct", "macro_f1_std_pct",
                "uar_seed_std_pct", "probe_embedding", "probe_acc_pct", "probe_chance_pct",
                "probe_majority_pct", "probe_fold_chance_pct", "probe_per_fold_acc_pct",
-               "disentanglement_pct", "seconds")
+               "disentanglement_pct", "probe_acc_std_pct", "probe_mode", "seconds")
 
 
 def compare_csv(summary: dict) -> str:
@@ -413,6 +422,7 @@ def compare_csv(summary: dict) -> str:
                "probe_majority_pct": _pct(p.get("majority"), 4),
                "probe_fold_chance_pct": _pct(p.get("fold_chance"), 4),
                "probe_per_fold_acc_pct": _pct(p.get("per_fold_accuracy"), 4),
+               "probe_acc_std_pct": _pct(p.get("accuracy_std"), 4), "probe_mode": p.get("mode"),
                "disentanglement_pct": (None if p.get("disentanglement_pct") is None
                                        else round(p["disentanglement_pct"], 4)),
                "seconds": None if r["seconds"] is None else round(r["seconds"], 1)}
@@ -445,10 +455,17 @@ def compare_markdown(summary: dict) -> str:
     sep = "| --- | --- | --- | --- | --- |"
     if probe:
         ref = summary["reference"]
+        modes = {(r["probe"] or {}).get("mode", "pooled") for r in summary["models"] if r["probe"]}
+        if any(str(m).startswith("every") for m in modes):
+            how = ("every test fold holds one speaker, so each fold's model embeds the whole "
+                   "corpus (its training speakers included) and gets its own probe; the figure "
+                   "is the mean ± std over the fold models")
+        else:
+            how = ("pooled over all folds' test sets (embeddings from the fold models, "
+                   "standardised per fold)")
         lines.append(
             "Speaker probe: a fresh speaker-ID classifier (logistic regression) on the frozen "
-            "emotion embedding, pooled over all folds' test sets (embeddings from the fold "
-            "models, standardised per fold), train/test disjoint in utterances, same speakers; "
+            f"emotion embedding, {how}; train/test disjoint in utterances, same speakers; "
             "lower = less identity. Chance = 1 / speakers; fold chance = guessing among the "
             "right fold's speakers"
             + (f"; disentanglement = relative drop vs {ref}." if ref else "."))
@@ -465,7 +482,9 @@ def compare_markdown(summary: dict) -> str:
                f"{_ms(r['uar'])} | {_ms(r['macro_f1'])} |")
         if probe:
             p = r["probe"] or {}
-            row += (f" {p.get('embedding') or '—'} | {_p(p.get('accuracy'))} | {_p(p.get('chance'))} | "
+            acc = _p(p.get("accuracy")) + (f" ± {_p(p['accuracy_std'])}" if p.get("accuracy_std") is not None
+                                           else "")
+            row += (f" {p.get('embedding') or '—'} | {acc} | {_p(p.get('chance'))} | "
                     f"{_p(p.get('majority'))} | {_p(p.get('fold_chance'))} |")
             if summary["reference"]:
                 d = p.get("disentanglement_pct")
