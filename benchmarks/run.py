@@ -67,6 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int,
                     help="torch / OpenMP threads, here and in child processes (default: torch's "
                          "choice; 1 is much faster on a machine busy with other jobs)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="run up to N accuracy suites at once, each in its own process (the "
+                         "speed suites still run one at a time, alone, at the end); with 2 cores "
+                         "use --jobs 2 --threads 1")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--list", action="store_true", help="list the suites and exit")
     return ap.parse_args(argv)
@@ -103,6 +107,38 @@ def run_suite(name: str, ctx: Context) -> SuiteResult:
         result.targets = [Target(text, None, f"suite {result.status}", "—")
                           for text in getattr(module, "TARGETS", [])]
     return result
+
+
+def _pool_worker(name: str, ctx: Context, threads: int | None) -> SuiteResult:
+    """One suite in a worker process of ``--jobs`` (spawned: fresh interpreter)."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s",
+                        datefmt="%H:%M:%S")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return run_suite(name, ctx)
+
+
+def run_parallel(names: list[str], ctx: Context, jobs: int, threads: int | None, done) -> None:
+    """Run ``names`` in ``jobs`` spawned processes; ``done(result)`` as each one finishes."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_pool_worker, n, ctx, threads): n for n in names}
+        for fut in cf.as_completed(futures):
+            name = futures[fut]
+            try:
+                result = fut.result()
+            except Exception as exc:  # noqa: BLE001 - the worker died (e.g. killed for memory)
+                module = suites.load(name)
+                result = SuiteResult(name, module.TITLE, status="error",
+                                     reason=f"worker process failed: {type(exc).__name__}: {exc}",
+                                     settings=ctx.pick(module.SETTINGS))
+                result.targets = [Target(t, None, "suite error", "—")
+                                  for t in getattr(module, "TARGETS", [])]
+            done(result)
 
 
 def write_outputs(meta: dict, results: list[SuiteResult], pending: list[str], report: Path,
@@ -150,18 +186,31 @@ def main(argv: list[str] | None = None) -> int:
             "git_commit": git_commit(REPO), "machine": machine(), "data_dir": str(ctx.data_dir),
             "out_dir": str(out_dir), "json": str(json_path), "seconds": None,
             "threads": args.threads}
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs: expected a positive number, got {args.jobs}")
+    meta["jobs"] = args.jobs
     log.info("benchmarks (%s): %s -> %s", mode, ", ".join(names), out_dir)
     results: list[SuiteResult] = []
     t0 = time.perf_counter()
+
+    def done(r: SuiteResult) -> None:
+        results.append(r)
+        results.sort(key=lambda x: names.index(x.name))  # report order
+        log.info("suite %s: %s (%.0f s)%s", r.name, r.status, r.seconds,
+                 f": {r.reason}" if r.reason else "")
+        meta["seconds"] = time.perf_counter() - t0
+        finished = {x.name for x in results}
+        write_outputs(meta, results, [n for n in names if n not in finished], args.report, json_path)
+
     try:
-        for k, name in enumerate(names):
-            log.info("[%d/%d] suite %s", k + 1, len(names), name)
-            results.append(run_suite(name, ctx))
-            r = results[-1]
-            log.info("suite %s: %s (%.0f s)%s", name, r.status, r.seconds,
-                     f": {r.reason}" if r.reason else "")
-            meta["seconds"] = time.perf_counter() - t0
-            write_outputs(meta, results, names[k + 1:], args.report, json_path)
+        parallel = [n for n in names if n not in suites.SPEED] if args.jobs > 1 else []
+        if parallel:
+            log.info("accuracy suites in %d processes: %s", args.jobs, ", ".join(parallel))
+            run_parallel(parallel, ctx, args.jobs, args.threads, done)
+        rest = [n for n in names if n not in parallel]
+        for k, name in enumerate(rest):
+            log.info("[%d/%d] suite %s", len(parallel) + k + 1, len(names), name)
+            done(run_suite(name, ctx))
     except KeyboardInterrupt:
         meta["seconds"] = time.perf_counter() - t0
         done = {r.name for r in results}

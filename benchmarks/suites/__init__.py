@@ -31,6 +31,10 @@ SUITES = {
     "predict": "predict",
 }
 
+#: suites that measure time: with ``run.py --jobs N`` they still run one at a time, alone,
+#: after the accuracy suites (whose parallel training would distort their timings)
+SPEED = ("encode", "train-speed", "cv-speed", "predict")
+
 
 def load(name: str):
     """The module of suite ``name``."""

@@ -1,14 +1,14 @@
-"""EmoDB (real German speech, 7 classes, 10 speakers, leave-one-speaker-out): speech-only
-and FDRL (the ten fixed sentences as text) on eGeMAPS and on log-mel, against eGeMAPS
-functionals + logistic regression on the same folds; plus the speaker probe for FDRL,
-the multitask model and the three disentanglement techniques.
+"""EmoDB (real German speech, 7 classes, 10 speakers, leave-one-speaker-out): every model
+of the toolkit on eGeMAPS (one ``fdrl compare`` with the speaker probe, the same command
+the README's EmoDB table comes from), speech-only and FDRL also on log-mel frame
+sequences, against eGeMAPS functionals + logistic regression on the same folds.
 
 Speaker probe protocol. Under leave-one-speaker-out every test fold holds one speaker,
-so a probe pooled over folds would identify the fold model rather than the speaker, and
-a per-fold probe has nothing to tell apart. The probe runs therefore use five folds of
-two speakers each (one female and one male where possible, as in IEMOCAP's sessions):
-the per-fold probe is 2-way identification (chance 50 %), the pooled one 10-way with
-each fold's embeddings standardised (:mod:`fdrl.analysis.probe`).
+so a probe pooled over the folds' test sets would identify the fold model rather than
+the speaker. ``fdrl compare --probe`` detects this and instead lets each fold's model
+embed the whole corpus (its training speakers included) and trains a 10-way speaker
+probe on those embeddings; the figure is the mean over the fold models
+(:mod:`fdrl.analysis.probe`, mode "every fold model").
 """
 
 from __future__ import annotations
@@ -19,31 +19,33 @@ from pathlib import Path
 
 from .common import (shown_overrides, Context, Skip, SuiteResult, Table, logreg_reference, mean_std_pct, pct,
                      points_target, seconds_str, take_every)
-from .runs import compare_models, compare_rows, model_config, single_run
+from .runs import compare_models, compare_rows
 
 log = logging.getLogger("benchmarks")
 
 NAME = "emodb"
-TITLE = "EmoDB: FDRL and speech-only on eGeMAPS / log-mel vs eGeMAPS functionals + logistic regression"
+TITLE = "EmoDB: every model on eGeMAPS (+ speaker probe), FDRL and speech-only on log-mel, vs eGeMAPS functionals + logistic regression"
 CONFIG = "emodb"
 TARGET_MARGIN = 5.0
+#: the comparison on eGeMAPS: all models, the identity techniques as labelled multitask variants
+ALL_MODELS = ["fdrl", "foalnet", "concat", "late-fusion", "misa", "multitask", "adv=multitask",
+              "conf=multitask", "orth=multitask", "speech-only", "text-only"]
+IDENTITY_OVERRIDES = ["adv.identity.method=adversarial", "conf.identity.method=confusion",
+                      "orth.identity.method=orthogonality"]
 FEATURES = {
     "eGeMAPS": ["features.speech={name: egemaps}"],
     "log-mel": ["features.speech={name: logmel}", "features.sequences=true"],
 }
-IDENTITY = [("fdrl", "fdrl", []),
-            ("multitask", "multitask", ["model.identity={method: multitask}"]),
-            ("multitask + adversarial", "multitask", ["model.identity={method: adversarial}"]),
-            ("multitask + confusion", "multitask", ["model.identity={method: confusion}"]),
-            ("multitask + orthogonality", "multitask", ["model.identity={method: orthogonality}"])]
+#: models per feature set (the probe runs with the eGeMAPS comparison)
+MODELS = {"eGeMAPS": ALL_MODELS, "log-mel": ["speech-only", "fdrl"]}
 
 TARGETS = [f"FDRL on {feat}: UAR ≥ eGeMAPS-functionals reference UAR + {TARGET_MARGIN:g} points"
            for feat in FEATURES]
 
 SETTINGS = {
-    "full": {"n_folds": None, "epochs": None, "limit": None, "probe_folds": None, "probe": True},
-    "quick": {"n_folds": 2, "epochs": 5, "limit": None, "probe_folds": 2, "probe": True},
-    "tiny": {"n_folds": 1, "epochs": 1, "limit": 120, "probe_folds": 2, "probe": True},
+    "full": {"n_folds": None, "epochs": None, "limit": None, "probe": True},
+    "quick": {"n_folds": 2, "epochs": 5, "limit": None, "probe": True},
+    "tiny": {"n_folds": 1, "epochs": 1, "limit": 120, "probe": True},
 }
 
 
@@ -58,8 +60,8 @@ def readme_reference(data_dir: Path) -> dict | None:
     return {"war": float(m.group(1)), "uar": float(m.group(2))} if m else None
 
 
-def prepare_manifests(ctx: Context, limit: int | None) -> tuple[Path, Path]:
-    """The EmoDB manifest, and a copy whose session is a pair of speakers (probe runs)."""
+def prepare_manifest(ctx: Context, limit: int | None) -> Path:
+    """The EmoDB manifest in the suite folder (a spread subset with ``limit``)."""
     from fdrl.data.emodb import prepare_emodb
     from fdrl.data.manifest import read_manifest, write_manifest
 
@@ -68,28 +70,11 @@ def prepare_manifests(ctx: Context, limit: int | None) -> tuple[Path, Path]:
         raise Skip(f"{root / 'labels.csv'} not found (the shared EmoDB copy)")
     folder = ctx.suite_dir(NAME) / "data" / "emodb"
     prepare_emodb(root, folder)
-    m = read_manifest(folder)
     if limit:
+        m = read_manifest(folder)
         folder = folder.with_name(f"emodb-limit{limit}")
         write_manifest(folder, take_every(m.rows, limit), m.classes)
-        m = read_manifest(folder)
-    pair_of = speaker_pairs(m.rows)
-    rows = [{**r, "session": pair_of[str(r["speaker"])]} for r in m.rows]
-    pairs = folder.with_name(folder.name + "-speaker-pairs")
-    write_manifest(pairs, rows, m.classes)
-    return folder, pairs
-
-
-def speaker_pairs(rows: list[dict]) -> dict[str, str]:
-    """speaker -> pair name: the i-th female with the i-th male (sorted ids); speakers left
-    over are paired in order."""
-    gender = {str(r["speaker"]): r.get("gender") for r in rows}
-    fem = sorted(s for s, g in gender.items() if g == "F")
-    mal = sorted(s for s, g in gender.items() if g == "M")
-    pairs = [list(p) for p in zip(fem, mal)]
-    rest = sorted(set(gender) - {s for p in pairs for s in p})
-    pairs += [rest[i:i + 2] for i in range(0, len(rest), 2)]
-    return {s: "pair-" + "-".join(p) for p in pairs for s in p}
+    return folder
 
 
 def first_groups(manifest: Path, protocol: str, n: int | None) -> list[str] | None:
@@ -135,77 +120,56 @@ def references(ctx: Context, ov: list[str]) -> tuple[dict, list]:
     return refs, [str(f.test_group) for f in folds]
 
 
-def probes(ctx: Context, pairs: Path, s: dict) -> dict:
-    """Emotion CV + pooled / per-fold speaker probes on the speaker-pair folds."""
-    from fdrl.training.compare import run_probe
-    from fdrl.training.cv import prepare
-
-    out = ctx.suite_dir(NAME) / "probe"
-    groups = first_groups(pairs, "session", s["probe_folds"])
-    ov = overrides_for(pairs, ctx, s["epochs"], groups, out, protocol="session")
-    prep = None
-    rows = {}
-    for label, model, extra in IDENTITY:
-        cfg = model_config(CONFIG, model, ov + extra)
-        prep = prep or prepare(cfg, progress=ctx.progress)
-        rd, results = single_run(cfg, out / label.replace(" + ", "-"), prep=prep, progress=ctx.progress)
-        report = run_probe(rd)
-        key = (report or {}).get("emotion_key")
-        pooled = report["pooled"][key] if key else {}
-        per_fold = (report.get("per_fold") or {}).get(key) or {} if key else {}
-        rows[label] = {"run_dir": str(rd), "uar": results["uar"], "war": results["war"],
-                       "embedding": key, "probe": pooled.get("accuracy"),
-                       "chance": pooled.get("chance"), "fold_chance": pooled.get("fold_chance"),
-                       "per_fold_probe": per_fold.get("mean_accuracy"),
-                       "per_fold_chance": per_fold.get("mean_chance")}
-    ref = rows.get("multitask", {}).get("probe")
-    for r in rows.values():
-        r["disentanglement_pct"] = (100 * (ref - r["probe"]) / ref
-                                    if ref and r["probe"] is not None else None)
-    return {"rows": rows, "test_groups": groups, "overrides": ov}
-
-
 def run(ctx: Context) -> SuiteResult:
     from fdrl.data.manifest import read_manifest
 
     s = ctx.pick(SETTINGS)
     res = SuiteResult(NAME, TITLE, settings=s)
-    manifest, pairs = prepare_manifests(ctx, s["limit"])
+    manifest = prepare_manifest(ctx, s["limit"])
+    rows = read_manifest(manifest).rows
     classes = read_manifest(manifest).classes
     groups = first_groups(manifest, "speaker", s["n_folds"])
     root = ctx.suite_dir(NAME)
     ov = overrides_for(manifest, ctx, s["epochs"], groups, root)
     refs, test_groups = references(ctx, ov)
-    models, failed = {}, {}
+    models, probe_rows, failed, folders = {}, {}, {}, {}
+    commands = {}
     for feat, extra in FEATURES.items():
+        names = MODELS[feat]
+        probe = bool(s["probe"]) and feat == "eGeMAPS"
+        labelled = [o for o in IDENTITY_OVERRIDES if o.split(".", 1)[0] in
+                    {n.split("=", 1)[0] for n in names}]
+        commands[feat] = (f"fdrl compare --config {CONFIG} --models {','.join(names)}"
+                          + (" --probe" if probe else "") + " " + " ".join(extra + labelled))
         try:  # one feature set failing must not lose the other's figures
-            cmp = compare_models(CONFIG, ["speech-only", "fdrl"], ov + extra, root / feat, ctx.progress)
+            cmp = compare_models(CONFIG, names, ov + extra + labelled, root / feat, ctx.progress,
+                                 probe=probe)
         except Exception as exc:  # noqa: BLE001 - recorded in the report
             log.exception("EmoDB on %s failed", feat)
             failed[feat] = f"{type(exc).__name__}: {exc}"
             continue
+        folders[feat] = cmp["compare_dir"]
         for m, row in compare_rows(cmp, classes, {}).items():
             models[f"{m} ({feat})"] = row
-    probe = None
-    if s["probe"]:
-        try:
-            probe = probes(ctx, pairs, s)
-        except Exception as exc:  # noqa: BLE001 - recorded in the report
-            log.exception("EmoDB speaker probes failed")
-            failed["probe"] = f"{type(exc).__name__}: {exc}"
-    if not models and probe is None:  # nothing ran: the suite failed
+        if probe:
+            for m in cmp["models"]:
+                if m.get("probe"):
+                    probe_rows[m["model"]] = {"uar": m["uar"], **m["probe"]}
+    if not models:  # nothing ran: the suite failed
         raise RuntimeError("; ".join(f"{k}: {v}" for k, v in failed.items()))
     readme = readme_reference(ctx.data_dir)
-    res.raw = {"references": refs, "models": models, "probe": probe, "readme_reference": readme,
-               "errors": failed,
-               "test_groups": test_groups, "overrides": ov}
+    res.raw = {"references": refs, "models": models, "probe": probe_rows, "readme_reference": readme,
+               "errors": failed, "test_groups": test_groups, "overrides": ov, "folders": folders,
+               "commands": commands}
 
-    n_all = len({str(r["speaker"]) for r in read_manifest(manifest).rows})
+    n_all = len({str(r["speaker"]) for r in rows})
     res.notes.append(f"Leave-one-speaker-out, {len(test_groups)} of {n_all} folds (test speakers "
-                     f"{', '.join(test_groups)}); config `{CONFIG}` with `{shown_overrides(ov)}`; one seed.")
+                     f"{', '.join(test_groups)}); config `{CONFIG}` with `{shown_overrides(ov)}`; one "
+                     f"seed; validation carved from the training speakers.")
+    for feat, cmd in commands.items():
+        res.notes.append(f"{feat}: `{cmd}` (plus the overrides above), run folder `{folders.get(feat, '—')}`.")
     for what, err in failed.items():
-        label = "Speaker probe" if what == "probe" else f"Models on {what}"
-        res.notes.append(f"{label}: **error** — {err} (traceback in the log; the other parts ran).")
+        res.notes.append(f"Models on {what}: **error** — {err} (traceback in the log; the other parts ran).")
     table = []
     for name, ref in refs.items():
         table.append([name, len(ref["folds"]), mean_std_pct(ref["war"]), mean_std_pct(ref["uar"]),
@@ -217,22 +181,28 @@ def run(ctx: Context) -> SuiteResult:
         table.append([name, row["n_folds"], mean_std_pct(row["war"]), mean_std_pct(row["uar"]),
                       mean_std_pct(row["macro_f1"]), seconds_str(row["seconds"])])
     res.tables.append(Table("Models and references (mean ± std over folds, %)",
-                            ["model", "folds", "WAR", "UAR", "macro F1", "time"], table))
-    if probe:
+                            ["model", "folds", "WAR", "UAR", "macro F1", "time"], table,
+                            note="adv / conf / orth: the multitask model with the adversarial, "
+                                 "confusion and orthogonality identity techniques."))
+    if probe_rows:
         ptable = []
-        for label, r in probe["rows"].items():
-            d = r["disentanglement_pct"]
-            ptable.append([label, mean_std_pct(r["uar"]), r["embedding"] or "—", pct(r["probe"]),
-                           pct(r["chance"]), pct(r["fold_chance"]), pct(r["per_fold_probe"]),
-                           pct(r["per_fold_chance"]), "—" if d is None else f"{d:+.1f}"])
+        for label, r in probe_rows.items():
+            d = r.get("disentanglement_pct")
+            acc = pct(r.get("accuracy")) + (f" ± {pct(r['accuracy_std'])}"
+                                            if r.get("accuracy_std") is not None else "")
+            ptable.append([label, mean_std_pct(r["uar"]), r.get("embedding") or "—", acc,
+                           pct(r.get("chance")), pct(r.get("majority")),
+                           "—" if d is None else f"{d:+.1f}"])
+        mode = next((r.get("mode") for r in probe_rows.values() if r.get("mode")), "pooled")
         res.tables.append(Table(
-            f"Speaker probe (eGeMAPS, folds of two speakers: {', '.join(probe['test_groups'] or ['all'])})",
-            ["model", "emotion UAR (these folds)", "embedding", "probe acc, pooled", "chance", "fold chance",
-             "probe acc, per fold (2-way)", "per-fold chance", "disentanglement vs multitask %"],
-            ptable, note="Lower probe accuracy = less speaker identity in the emotion embedding. "
-                         "Pooled: all folds' test sets, each fold's embeddings standardised "
-                         "(a conservative estimate). Disentanglement = relative drop of the "
-                         "pooled probe accuracy against the multitask model."))
+            f"Speaker probe on the emotion embedding (eGeMAPS; {mode})",
+            ["model", "emotion UAR", "embedding", "speaker probe acc %", "chance %", "majority %",
+             "disentanglement vs multitask %"], ptable,
+            note="Lower probe accuracy = less speaker identity in the emotion embedding. Each "
+                 "fold's model embeds every utterance (its training speakers included) and gets "
+                 "its own speaker-ID probe (logistic regression, utterance-disjoint split, same "
+                 "speakers); mean ± std over the fold models. Disentanglement = relative drop of "
+                 "the probe accuracy against the plain multitask model."))
     elif not s["probe"]:
         res.notes.append(f"Speaker probe: skipped in the {ctx.mode} run.")
 

@@ -65,6 +65,9 @@ def render(meta: dict, results: list[SuiteResult], pending: list[str]) -> str:
                f"scikit-learn {m.get('sklearn')}, transformers {m.get('transformers')}")
     if meta.get("threads"):
         machine += f"; torch / OpenMP threads set to {meta['threads']}"
+    if (meta.get("jobs") or 1) > 1:
+        machine += (f"; accuracy suites ran {meta['jobs']} at a time (one process each), the speed "
+                    f"suites one at a time, alone, after them")
     load = f"{m.get('load_average_1min')} at the start"
     if meta.get("load_average_end") is not None:
         load += f", {meta['load_average_end']} at the end"

@@ -15,7 +15,7 @@ from benchmarks import run as bench_run
 from benchmarks import suites
 from benchmarks.suites.common import (SuiteResult, Table, Target, logreg_reference, points_target,
                                       run_measured, subset_metrics, take_every)
-from benchmarks.suites.emodb import readme_reference, speaker_pairs
+from benchmarks.suites.emodb import readme_reference
 from benchmarks.suites.report import WHY, render
 
 
@@ -168,14 +168,27 @@ def test_render_lists_pending_suites_and_unevaluated_targets():
 
 
 def test_emodb_helpers(tmp_path):
-    rows = [{"speaker": s, "gender": g} for s, g in
-            [("03", "M"), ("08", "F"), ("09", "F"), ("10", "M"), ("11", "M")]]
-    pairs = speaker_pairs(rows)
-    assert pairs["08"] == pairs["03"] == "pair-08-03" and pairs["09"] == pairs["10"]
-    assert pairs["11"] == "pair-11"  # the one left over
     (tmp_path / "README.md").write_text(
         "Reference figure, measured here: openSMILE eGeMAPSv02 functionals + logistic regression,\n"
         "7 classes, leave-one-speaker-out: WAR 64.8 %, UAR 63.5 %.\n")
     assert readme_reference(tmp_path) == {"war": 64.8, "uar": 63.5}
     assert readme_reference(tmp_path / "nowhere") is None
     assert take_every(list(range(10)), 4) == [0, 2, 5, 7] and take_every([1, 2], None) == [1, 2]
+
+
+def test_jobs_run_accuracy_suites_in_processes_and_keep_report_order(tmp_path):
+    """--jobs 2: the accuracy suites run in spawned workers (here they skip: no data), the
+    report keeps the suites' order and says how they ran."""
+    rc = bench_run.main(_args(tmp_path, "--jobs", "2", "--suites", "emodb,iemocap,iemocap-text"))
+    assert rc == 0
+    (json_file,) = (tmp_path / "results").glob("*-tiny.json")
+    data = json.loads(json_file.read_text())
+    assert [s["name"] for s in data["suites"]] == ["iemocap", "iemocap-text", "emodb"]
+    assert {s["status"] for s in data["suites"]} == {"skipped"} and data["jobs"] == 2
+    assert data["pending"] == []
+    assert "2 at a time" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(SystemExit, match="--jobs"):
+        bench_run.main(_args(tmp_path, "--jobs", "0", "--suites", "iemocap"))
