@@ -33,7 +33,7 @@ ALL_MODELS = ["fdrl", "foalnet", "concat", "late-fusion", "misa", "multitask", "
 IDENTITY_OVERRIDES = ["adv.identity.method=adversarial", "conf.identity.method=confusion",
                       "orth.identity.method=orthogonality"]
 FEATURES = {
-    "eGeMAPS": ["features.speech={name: egemaps}"],
+    "eGeMAPS": ["features.speech={name: egemaps-functionals}"],
     "log-mel": ["features.speech={name: logmel}", "features.sequences=true"],
 }
 #: models per feature set (the probe runs with the eGeMAPS comparison)
@@ -104,8 +104,9 @@ def references(ctx: Context, ov: list[str]) -> tuple[dict, list]:
     from fdrl.data.folds import make_folds
     from fdrl.training.cv import prepare, select_folds
 
-    inputs = {"logreg eGeMAPS functionals (88-d) — the reference": ["features.speech={name: egemaps-functionals}"],
-              "logreg eGeMAPS LLD mean+std (model input)": ["features.speech={name: egemaps}"],
+    inputs = {"logreg eGeMAPS functionals (88-d; the reference, also the models' input)":
+              ["features.speech={name: egemaps-functionals}"],
+              "logreg eGeMAPS LLD mean+std": ["features.speech={name: egemaps}"],
               "logreg log-mel mean+std (model input)": ["features.speech={name: logmel}"]}
     refs, folds = {}, []
     for name, extra in inputs.items():

@@ -39,7 +39,8 @@ TARGET_S1 = "FDRL S0 UAR ≥ S1 UAR (alignment and disparity help)"
 TARGETS = [TARGET_REF, TARGET_S1]
 
 SETTINGS = {
-    # the protocol of the config: 5 folds, its epochs and sequences
+    # the protocol of the config: 5 folds, its epochs, its inputs (pooled vectors; the conv
+    # front-end over frame sequences, features.sequences=true, costs hours more on a CPU)
     "full": {"folds": None, "epochs": None, "sequences": None, "limit": None,
              "models": MODELS, "systems": SYSTEMS},
     # a few minutes on 2 quiet cores: 2 of 5 folds, 2 epochs, the systems the targets need,

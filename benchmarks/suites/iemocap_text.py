@@ -27,10 +27,10 @@ TARGETS = [f"text-only, frozen MiniLM: UAR ≥ logistic-regression reference + {
 
 SETTINGS = {
     # finetune_budget_s: fine-tuning stops after the fold that would overrun it
-    # sequences None = the config's (token sequences); quick/tiny: pooled MiniLM vectors,
-    # the cache entries the iemocap suite's quick run already filled
+    # sequences None = the config's (iemocap_features: pooled MiniLM vectors, the cache
+    # entries the iemocap suite fills too); finetune: MiniLM trained end to end, fold by fold
     "full": {"folds": None, "epochs": None, "sequences": None, "limit": None, "finetune": True,
-             "finetune_epochs": 4, "finetune_budget_s": 4 * 3600},
+             "finetune_epochs": 4, "finetune_budget_s": 3600},
     "quick": {"folds": [1, 2], "epochs": 3, "sequences": False, "limit": None, "finetune": False},
     "tiny": {"folds": [1], "epochs": 1, "sequences": False, "limit": 300, "finetune": False},
 }
