@@ -60,3 +60,16 @@ def test_bad_override_syntax_and_missing_config():
     with pytest.raises(ConfigError, match="no such file"):
         load_config("does-not-exist")
     assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
+
+
+def test_switching_the_model_on_the_command_line_keeps_only_its_keys():
+    """demo.yaml holds FDRL's loss weights; model.name=foalnet keeps d/hidden/dropout and
+    leaves alpha/beta/gamma out, while an explicit foreign key is still an error."""
+    from fdrl.config import load_config
+
+    cfg = load_config("demo", ["model.name=foalnet"])
+    assert cfg.model_name == "foalnet" and cfg.model.d == 64 and cfg.model.dropout == 0.2
+    assert load_config("demo", {"model.name": "concat"}).model_name == "concat"
+    assert load_config("demo", ["model.name=fdrl"]).model.beta == 0.5  # same model: untouched
+    with pytest.raises(ConfigError, match="unknown key 'model.alpha'"):
+        load_config("demo", ["model.name=foalnet", "model.alpha=1.0"])

@@ -299,7 +299,37 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def switch_model(data: dict, overrides: list[str] | dict | None) -> dict:
+    """When the overrides set ``model.name`` to another model than the file's, keep only
+    the file's model keys that the new model has (``d``, ``hidden``, ``dropout``...): the
+    file's FDRL loss weights must not break ``model.name=foalnet``. Keys given on the
+    command line stay strict. Returns ``data`` (a copy when something is left out)."""
+    import logging
+
+    from fdrl.models import registry
+
+    items = (list(overrides.items()) if isinstance(overrides, dict) else
+             [(".".join(k), v) for k, v in map(parse_override, overrides or [])])
+    new = next((str(v) for k, v in reversed(items) if k == "model.name"), None)
+    section = data.get("model") if isinstance(data.get("model"), dict) else None
+    if new is None or section is None or str(section.get("name", "fdrl")) == new:
+        return data
+    names = {f.name for f in dataclasses.fields(registry.get(new).config_cls)}
+    dropped = sorted(k for k in section if k != "name" and k not in names)
+    if not dropped:
+        return data
+    logging.getLogger(__name__).info(
+        "model.name=%s: the config's model keys %s belong to '%s' and are left out",
+        new, ", ".join(dropped), section.get("name", "fdrl"))
+    data = copy.deepcopy(data)
+    data["model"] = {k: v for k, v in section.items() if k not in dropped}
+    return data
+
+
 def load_config(name_or_path: str | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Load a YAML config (file or built-in name), apply overrides, validate strictly."""
+    """Load a YAML config (file or built-in name), apply overrides, validate strictly.
+
+    ``model.name=OTHER`` among the overrides switches the model: the file's model keys
+    OTHER does not have are left out (:func:`switch_model`)."""
     data = load_yaml(resolve_config_path(name_or_path)) if name_or_path else {}
-    return from_dict(apply_overrides(data, overrides))
+    return from_dict(apply_overrides(switch_model(data, overrides), overrides))
