@@ -78,8 +78,11 @@ def test_an_error_on_rank_0_stops_every_rank(tmp_path, tiny_corpus, feature_cach
     proc = _torchrun("cv", "--config", "demo", "--quiet",
                      *tiny_overrides(tmp_path / "missing", feature_cache, tmp_path / "runs"), timeout=240)
     assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("fdrl: error: ")]
-    assert len(errors) == 2 and all("manifest not found" in e for e in errors), proc.stderr[-3000:]
+    # each rank reports the error once; torchrun may stop the second rank before it
+    # prints (it terminates the others when one fails), and two ranks' lines can interleave
+    n_errors = proc.stderr.count("fdrl: error: ")
+    assert 1 <= n_errors <= 2, proc.stderr[-3000:]
+    assert proc.stderr.count("manifest not found") >= n_errors, proc.stderr[-3000:]
     assert not (tmp_path / "runs").exists()
 
 
