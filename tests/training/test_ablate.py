@@ -223,3 +223,14 @@ def test_plot_on_ablation_runs(ablation, tmp_path, capsys):
     # an ablation folder picks its own runs: the reference, S1 as compare, no mu0 here
     picked = runs_from_ablation(ablation)
     assert picked == {"run_dir": run, "compare": s1, "mu0": None}
+
+
+def test_foalnet_systems_on_the_demo_config_by_switching_the_model():
+    """model.name=foalnet on demo.yaml (an FDRL config) plans the Foal-Net ablation."""
+    from fdrl.training.ablate import make_plan
+    from fdrl.training.systems import load_systems
+
+    systems = load_systems().select(["foal-baseline", "foal-full"], "foalnet")
+    plan = make_plan("demo", ["model.name=foalnet", "data.manifest=somewhere"], systems, 1)
+    assert [s.name for s in plan.systems] == ["foal-baseline", "foal-full"]
+    assert plan.base["model"] == {"name": "foalnet", "d": 64, "dropout": 0.2}

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fdrl.config import Config, apply_overrides, from_dict, load_yaml, resolve_config_path
+from fdrl.config import Config, apply_overrides, from_dict, load_yaml, resolve_config_path, switch_model
 from fdrl.errors import ConfigError, RunError
 from fdrl.training.runs import environment, new_run_dir
 from fdrl.training.systems import System
@@ -91,7 +91,8 @@ def system_config(base: dict, system: System, seed: int) -> Config:
 
 def base_config(config: str, overrides: list[str] | None = None) -> tuple[dict, Config]:
     """The base config dict (YAML + command-line overrides) and its validated form."""
-    data = apply_overrides(load_yaml(resolve_config_path(config)), overrides or [])
+    data = load_yaml(resolve_config_path(config))
+    data = apply_overrides(switch_model(data, overrides), overrides or [])
     return data, from_dict(data)
 
 
