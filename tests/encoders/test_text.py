@@ -58,3 +58,12 @@ def test_real_minilm_is_384d_and_machine_independent():
     a, b, c = (o.pooled / np.linalg.norm(o.pooled) for o in enc.encode(
         ["I am very happy.", "I feel so glad.", "The train leaves at nine."]))
     assert a @ b > a @ c
+
+
+def test_weights_load_only_when_something_is_encoded(tiny_bert_dir):
+    """Width and layer come from the config; a run whose features are cached never pays
+    for loading the weights."""
+    enc = HFTextEncoder(str(tiny_bert_dir))
+    assert enc._model is None and enc.dim == 32 and enc.settings()["layer"] == -1
+    enc.encode(["hello"])
+    assert enc._model is not None and not any(p.requires_grad for p in enc.model.parameters())

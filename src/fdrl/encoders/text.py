@@ -36,22 +36,44 @@ class HFTextEncoder(Encoder):
 
     def __init__(self, model: str = "minilm", layer: int | str = -1, max_length: int = 128,
                  batch_size: int = 32, device: str = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig
 
-        load_from, self.model_id = resolve_hf_model(model)
+        self._load_from, self.model_id = resolve_hf_model(model)
         self.name = "minilm" if self.model_id == MINILM_ID else "hf"
         if not isinstance(max_length, int) or max_length < 2:
             raise ConfigError(f"text encoder: 'max_length' must be an int >= 2, got {max_length!r}")
         self.max_length = max_length
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
-        self.tokenizer = load_pretrained(AutoTokenizer, load_from, self.model_id, "text encoder")
-        self.model = load_pretrained(AutoModel, load_from, self.model_id, "text encoder")
-        self.model.to(self.device).eval()
-        self.model.requires_grad_(False)
-        n_hidden = self.model.config.num_hidden_layers + 1
-        self.layer = check_layer(layer, n_hidden, f"text encoder {self.model_id}")
-        self._dim = int(self.model.config.hidden_size)
+        # the config alone (small) gives the width and the layers; the weights are loaded
+        # on the first encode, so a run whose features are all cached never loads them
+        config = load_pretrained(AutoConfig, self._load_from, self.model_id, "text encoder")
+        self.layer = check_layer(layer, config.num_hidden_layers + 1, f"text encoder {self.model_id}")
+        self._dim = int(config.hidden_size)
+        self._model = self._tokenizer = None
+
+    def _load(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self._tokenizer = load_pretrained(AutoTokenizer, self._load_from, self.model_id, "text encoder")
+        model = load_pretrained(AutoModel, self._load_from, self.model_id, "text encoder")
+        model.to(self.device).eval()
+        model.requires_grad_(False)
+        self._model = model
+
+    @property
+    def model(self):
+        """The frozen transformer (loaded on first use)."""
+        if self._model is None:
+            self._load()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        """Its tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            self._load()
+        return self._tokenizer
 
     @property
     def dim(self) -> int:
