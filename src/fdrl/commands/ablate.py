@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from fdrl.commands.cv import add_config_args
+from fdrl.commands.cv import add_config_args, config_overrides
 
 
 def register(sub) -> None:
@@ -55,11 +55,7 @@ def cmd_ablate(args) -> int:
                               "--systems, --folds, --systems-file and overrides")
         abl_dir = Path(args.resume)
     else:
-        if not args.config:
-            raise ConfigError("--config is required (a YAML file or a built-in name such as demo)")
-        overrides = list(args.overrides)
-        if args.folds:
-            overrides.append(f"cv.folds=[{args.folds}]")
+        overrides = config_overrides(args)
         from fdrl.training.ablate import base_config
 
         _, cfg = base_config(args.config, overrides)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fdrl.commands.cv import add_config_args
+from fdrl.commands.cv import add_config_args, config_overrides
 
 
 def register(sub) -> None:
@@ -42,11 +42,7 @@ def cmd_compare(args) -> int:
                               "--config, --models and overrides")
         cmp_dir = Path(args.resume)
     else:
-        if not args.config:
-            raise ConfigError("--config is required (a YAML file or a built-in name such as demo)")
-        overrides = list(args.overrides)
-        if args.folds:
-            overrides.append(f"cv.folds=[{args.folds}]")
+        overrides = config_overrides(args)
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
         plan = make_plan(args.config, models, overrides, n_seeds=args.seeds, probe=args.probe,
                          reference=args.reference)

@@ -11,6 +11,17 @@ import time
 from pathlib import Path
 
 from fdrl.config import load_config
+from fdrl.errors import ConfigError
+
+
+def config_overrides(args) -> list[str]:
+    """The overrides of a fresh run: ``--config`` must be there; ``--folds`` -> cv.folds."""
+    if not args.config:
+        raise ConfigError("--config is required (a YAML file or a built-in name such as demo)")
+    overrides = list(args.overrides)
+    if args.folds:
+        overrides.append(f"cv.folds=[{args.folds}]")
+    return overrides
 
 
 def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -78,11 +89,7 @@ def cmd_cv(args) -> int:
         run_dir = Path(args.resume)
         cfg = load_run_config(run_dir) if run_dir.is_dir() else None
     else:
-        if not args.config:
-            raise ConfigError("--config is required (a YAML file or a built-in name such as demo)")
-        overrides = list(args.overrides)
-        if args.folds:
-            overrides.append(f"cv.folds=[{args.folds}]")
+        overrides = config_overrides(args)
         if args.skip_bad:
             overrides.append("data.skip_bad=true")
         cfg = load_config(args.config, overrides)  # config errors before the heavy imports
