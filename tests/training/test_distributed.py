@@ -74,6 +74,18 @@ def test_two_gloo_processes_match_one_process(tmp_path, tiny_corpus, feature_cac
 
 
 @pytest.mark.slow
+def test_fdrl_train_under_torchrun_writes_one_bundle(tmp_path, tiny_corpus, feature_cache):
+    """Two ranks train one model; rank 0 alone writes (and reports) the bundle."""
+    out = tmp_path / "bundles" / "b"
+    proc = _torchrun("train", "--config", "demo", "--quiet", "--out", str(out),
+                     *tiny_overrides(tiny_corpus, feature_cache, tmp_path / "runs"), "train.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("bundle:") == 1
+    assert sorted(p.name for p in (tmp_path / "bundles").iterdir()) == ["b"]  # no staging left
+    assert (out / "bundle.json").is_file() and (out / "history.csv").is_file()
+
+
+@pytest.mark.slow
 def test_an_error_on_rank_0_stops_every_rank(tmp_path, tiny_corpus, feature_cache):
     proc = _torchrun("cv", "--config", "demo", "--quiet",
                      *tiny_overrides(tmp_path / "missing", feature_cache, tmp_path / "runs"), timeout=240)

@@ -34,9 +34,18 @@ def cmd_train(args) -> int:
     from fdrl.config import load_config
     from fdrl.training.full import train_full
 
+    from fdrl.training import distributed as D
+
     t0 = time.time()
     cfg = load_config(args.config, args.overrides)
-    res = train_full(cfg, out=args.out, progress=not args.quiet)
+    D.init_from_env(cfg.train.device)  # a no-op outside torchrun
+    try:
+        res = train_full(cfg, out=args.out, progress=not args.quiet)
+        main_rank = D.is_main()
+    finally:
+        D.shutdown()
+    if not main_rank:
+        return 0
     v = res.val
     print(f"{cfg.model_name} trained on {res.n_train} utterances ({res.n_val} for validation), "
           f"best epoch {res.best_epoch} of {res.epochs_run}: validation WAR "

@@ -4,6 +4,8 @@ There is no test set: every utterance is training data except a seeded, stratifi
 validation share (``cv.val_fraction``, ``cv.val_strategy``) used for early stopping
 and model selection, exactly as inside a CV fold. The bundle is written to a hidden
 staging folder and renamed into place when complete; see :mod:`fdrl.inference.bundle`.
+Under ``torchrun`` every rank trains its share of each batch (as ``fdrl cv``) and rank 0
+alone writes the bundle.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fdrl.config import Config
 from fdrl.data.folds import check_fold_classes, validation_split
 from fdrl.errors import ConfigError
 from fdrl.inference.bundle import check_new_folder, default_bundle_dir, publish, staging_dir
+from fdrl.training import distributed as D
 from fdrl.training.cv import Prepared, prepare
 from fdrl.training.runs import environment
 from fdrl.training.trainer import Trainer, predict, resolve_device, seed_everything
@@ -67,7 +70,9 @@ def train_full(cfg: Config, out: str | Path | None = None, progress: bool = True
     if cfg.cv.val_fraction <= 0:
         raise ConfigError("cv.val_fraction: must be > 0 for `fdrl train` (the validation share "
                           "selects the epoch to keep); e.g. cv.val_fraction=0.1")
-    out = check_new_folder(out) if out is not None else default_bundle_dir(cfg.run.name, DEFAULT_PARENT)
+    # under torchrun rank 0 picks (and checks) the folder and tells the others
+    out = Path(D.run_on_main(lambda: str(check_new_folder(out) if out is not None
+                                         else default_bundle_dir(cfg.run.name, DEFAULT_PARENT))))
     prep = prep or prepare(cfg, progress=progress)
     manifest, data = prep.manifest, prep.data
     every = np.arange(len(manifest), dtype=np.int64)  # (N,)
@@ -77,15 +82,20 @@ def train_full(cfg: Config, out: str | Path | None = None, progress: bool = True
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, prep.spec)
-    tmp = staging_dir(out)
+    tmp = staging_dir(out) if D.is_main() else None  # only rank 0 writes
     try:
         # the staging folder receives history.csv; TensorBoard events stay out of bundles
         trainer = Trainer(model, cfg.train, device, log_dir=tmp, tensorboard=False, progress=progress)
         fit = trainer.fit(data, train_idx, val_idx, resume_path=None, desc="train")
         val = predict(trainer.net, data, val_idx, cfg.train.eval_batch_size, device,
-                      keep_embeddings=False)
+                      keep_embeddings=False)  # every rank: the rows are gathered
         val_metrics = metrics.summary(val.labels, val.preds, manifest.classes)
         rows = manifest.rows
+        if not D.is_main():
+            D.barrier()  # wait for rank 0 to publish the bundle
+            return TrainResult(bundle=out, val=val_metrics, best_epoch=fit.best_epoch + 1,
+                               epochs_run=len(fit.history), n_train=int(len(train_idx)),
+                               n_val=int(len(val_idx)))
         save_checkpoint(tmp, model, cfg, manifest.classes, prep.spec, prep.encoders,
                         fit.best_epoch + 1, {"val": val_metrics}, extra={
                             "kind": "bundle",
@@ -101,10 +111,12 @@ def train_full(cfg: Config, out: str | Path | None = None, progress: bool = True
                             "created": _dt.datetime.now().isoformat(timespec="seconds"),
                             "environment": environment(),
                         })
+        publish(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    publish(tmp, out)
+    D.barrier()
     log.info("bundle written to %s", out)
     return TrainResult(bundle=out, val=val_metrics, best_epoch=fit.best_epoch + 1,
                        epochs_run=len(fit.history), n_train=int(len(train_idx)),
