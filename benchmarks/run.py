@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "use --jobs 2 --threads 1")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--list", action="store_true", help="list the suites and exit")
+    ap.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                    help="rewrite the report from a run's raw JSON (e.g. after editing "
+                         "benchmarks/analysis.md); runs nothing")
     return ap.parse_args(argv)
 
 
@@ -151,12 +154,31 @@ def write_outputs(meta: dict, results: list[SuiteResult], pending: list[str], re
     write_text(report, render(meta, results, pending))
 
 
+def render_only(json_path: Path, report: Path) -> int:
+    """Rewrite ``report`` from the raw JSON of a run (figures unchanged)."""
+    import json
+
+    from fdrl.utils.io import write_text
+
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        results = [SuiteResult.from_dict(d) for d in data.pop("suites")]
+        pending = data.pop("pending", [])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--render {json_path}: not a benchmark results file ({exc})") from None
+    write_text(report, render(data, results, pending))
+    print(f"report: {report} (from {json_path})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for name in suites.SUITES:
             print(f"{name:<14} {suites.load(name).TITLE}")
         return 0
+    if args.render:
+        return render_only(args.render, args.report)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     if args.threads:

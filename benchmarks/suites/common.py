@@ -111,6 +111,14 @@ class SuiteResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "SuiteResult":
+        """The inverse of :meth:`to_dict` (re-rendering a report from its raw JSON)."""
+        d = dict(d)
+        d["tables"] = [Table(**t) for t in d.get("tables", [])]
+        d["targets"] = [Target(**t) for t in d.get("targets", [])]
+        return cls(**d)
+
 
 # ----------------------------------------------------------------------------------
 # Formatting

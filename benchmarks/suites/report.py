@@ -1,11 +1,18 @@
 """``BENCHMARKS.md`` from the suites' results: the run's description (command, machine,
 date, commit), a summary, every target with its verdict, then one section per suite
-with its tables, notes and, for each target not met, a "Why not met" paragraph whose
-default text (gap size, likely causes) the maintainers replace."""
+with its tables, notes and, for each target not met, a "Why not met" paragraph.
+
+That paragraph is the maintainers' analysis from ``benchmarks/analysis.md`` when it has
+one for the target (a ``## <target text>`` heading followed by the paragraph; written
+after reading a run, kept across runs, never holding figures of its own), followed by
+the figures the run computed (gap size); otherwise the computed default text alone.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from .common import SuiteResult, Table, Target, seconds_str
 
@@ -16,6 +23,21 @@ MODE_TEXT = {
     "tiny": "tiny — the harness's own smoke test on minimal settings: the figures mean nothing",
 }
 WHY = "Why not met and what would close it:"
+ANALYSIS = Path(__file__).resolve().parents[1] / "analysis.md"
+
+
+def read_analysis(path: Path | None = None) -> dict[str, str]:
+    """``{target text: paragraph}`` from ``## <target text>`` sections of the analysis file."""
+    path = ANALYSIS if path is None else path
+    if not path.is_file():
+        return {}
+    out = {}
+    for block in re.split(r"^## ", path.read_text(encoding="utf-8"), flags=re.M)[1:]:
+        head, _, body = block.partition("\n")
+        text = " ".join(body.split())
+        if text:
+            out[head.strip()] = text
+    return out
 
 
 def target_line(t: Target) -> str:
@@ -38,7 +60,7 @@ def table_md(t: Table) -> list[str]:
     return lines + [""]
 
 
-def suite_md(r: SuiteResult, index: int) -> list[str]:
+def suite_md(r: SuiteResult, index: int, analysis: dict[str, str] | None = None) -> list[str]:
     lines = [f"## {index}. {r.title}", "",
              f"Suite `{r.name}`: **{r.status}**" + (f" — {r.reason}" if r.reason and r.status != "ok" else "")
              + f"; wall time {seconds_str(r.seconds)}.", ""]
@@ -51,14 +73,20 @@ def suite_md(r: SuiteResult, index: int) -> list[str]:
     if r.targets:
         lines += ["Targets:", ""] + [f"- {target_line(t)}" for t in r.targets] + [""]
         for t in r.targets:
-            if t.met is False:
+            if t.met is False and (analysis or {}).get(t.text):
+                lines += [f"**{WHY}** ({t.text}) {analysis[t.text]} _Figures of this run:_ "
+                          f"{t.why}", ""]
+            elif t.met is False:
                 lines += [f"**{WHY}** ({t.text}) {t.why} _(Default text generated from the "
-                          f"figures: replace it with the analysis.)_", ""]
+                          f"figures: no analysis for this target in benchmarks/analysis.md yet.)_", ""]
     return lines
 
 
-def render(meta: dict, results: list[SuiteResult], pending: list[str]) -> str:
-    """The whole report. ``pending``: suites selected but not run (yet)."""
+def render(meta: dict, results: list[SuiteResult], pending: list[str],
+           analysis: dict[str, str] | None = None) -> str:
+    """The whole report. ``pending``: suites selected but not run (yet); ``analysis``:
+    target text -> paragraph (default: :func:`read_analysis`)."""
+    analysis = read_analysis() if analysis is None else analysis
     m = meta["machine"]
     machine = (f"{m['cores']} cores ({m.get('usable_cores')} usable), {m['cpu']}, "
                f"{m.get('ram_gib')} GiB RAM; Python {m['python']}, torch {m.get('torch')}, "
@@ -105,5 +133,5 @@ def render(meta: dict, results: list[SuiteResult], pending: list[str]) -> str:
         lines.append("No target was evaluated.")
     lines.append("")
     for i, r in enumerate(results, 1):
-        lines += suite_md(r, i)
+        lines += suite_md(r, i, analysis)
     return "\n".join(lines).rstrip() + "\n"

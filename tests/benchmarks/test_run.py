@@ -16,6 +16,7 @@ from benchmarks import suites
 from benchmarks.suites.common import (SuiteResult, Table, Target, logreg_reference, points_target,
                                       run_measured, subset_metrics, take_every)
 from benchmarks.suites.emodb import readme_reference
+from benchmarks.suites import report as report_mod
 from benchmarks.suites.report import WHY, render
 
 
@@ -73,6 +74,23 @@ def test_skip_error_and_success_all_reach_the_report(tmp_path, monkeypatch):
     assert "| 1 | x\\|y |" in report  # cells are escaped
     assert "skipped" in report and "boom in the middle" in report
     assert "git commit" in report and "| machine |" in report
+
+    # the maintainers' analysis of a target not met, then the report rewritten from the JSON
+    analysis = tmp_path / "analysis.md"
+    analysis.write_text("# Analysis\n\n## fake-ok is fast\nThe fake sleeps;\nremove the sleep.\n")
+    monkeypatch.setattr(report_mod, "ANALYSIS", analysis)
+    out = tmp_path / "again.md"
+    assert bench_run.main(["--render", str(json_file), "--report", str(out)]) == 0
+    again = out.read_text()
+    assert (f"**{WHY}** (fake-ok is fast) The fake sleeps; remove the sleep. _Figures of this run:_ "
+            f"2 ms too slow.") in again
+    assert again.replace("The fake sleeps; remove the sleep. _Figures of this run:_ ", "").replace(
+        " _(Default text generated from the figures: no analysis for this target in "
+        "benchmarks/analysis.md yet.)_", "") == report.replace(
+        " _(Default text generated from the figures: no analysis for this target in "
+        "benchmarks/analysis.md yet.)_", "")
+    with pytest.raises(SystemExit, match="not a benchmark results file"):
+        bench_run.main(["--render", str(analysis), "--report", str(out)])
 
 
 def test_unknown_suite_is_refused(tmp_path):
