@@ -130,42 +130,34 @@ def single_model_reps(run_dir: str | Path, fold: str) -> FoldReps:
     Reads the run's config, prepares its features (from the cache when present) and
     runs ``folds/<fold>/model`` on all rows, on CPU.
     """
-    import torch
-
-    from fdrl.checkpoint import load_checkpoint
-    from fdrl.training.cv import load_run_config, prepare
-    from fdrl.training.trainer import predict
-
     run_dir = Path(run_dir)
     ck = run_dir / "folds" / str(fold) / "model"
     if not ck.is_dir():
         have = sorted(p.parent.name for p in (run_dir / "folds").glob("*/model"))
         raise RunError(f"{ck}: no checkpoint for fold '{fold}' (folds with one: {have})")
-    cfg = load_run_config(run_dir)
-    prep = prepare(cfg, progress=False)
-    model, _, _ = load_checkpoint(ck, device="cpu")
-    idx = np.arange(len(prep.manifest), dtype=np.int64)
-    pred = predict(model, prep.data, idx, cfg.train.eval_batch_size, torch.device("cpu"))
-    rows = prep.manifest.rows
-    return FoldReps(f"model of fold {fold}", np.array([str(r["utt_id"]) for r in rows]),
-                    np.array([str(r.get("speaker")) for r in rows]), pred.labels.astype(np.int64),
-                    {k: v.astype(np.float32) for k, v in pred.embeddings.items()})
+    return fold_model_reps(run_dir, [ck])[0]
 
 
 def every_model_reps(run_dir: str | Path) -> list[FoldReps]:
     """:func:`single_model_reps` for every fold with a checkpoint, features prepared once."""
-    import torch
-
-    from fdrl.checkpoint import load_checkpoint
     from fdrl.data.folds import natural_key
-    from fdrl.training.cv import load_run_config, prepare
-    from fdrl.training.trainer import predict
 
     run_dir = Path(run_dir)
     cks = sorted((run_dir / "folds").glob("*/model"), key=lambda p: natural_key(p.parent.name))
     if not cks:
         raise RunError(f"{run_dir}/folds/*/model: no fold checkpoint found (the every-fold-model "
                        f"probe embeds the corpus with each fold's model)")
+    return fold_model_reps(run_dir, cks)
+
+
+def fold_model_reps(run_dir: Path, checkpoints: list[Path]) -> list[FoldReps]:
+    """Each checkpoint's embeddings of every utterance of the run's corpus (CPU)."""
+    import torch
+
+    from fdrl.checkpoint import load_checkpoint
+    from fdrl.training.cv import load_run_config, prepare
+    from fdrl.training.trainer import predict
+
     cfg = load_run_config(run_dir)
     prep = prepare(cfg, progress=False)
     idx = np.arange(len(prep.manifest), dtype=np.int64)
@@ -173,7 +165,7 @@ def every_model_reps(run_dir: str | Path) -> list[FoldReps]:
     utt = np.array([str(r["utt_id"]) for r in rows])
     spk = np.array([str(r.get("speaker")) for r in rows])
     out = []
-    for ck in cks:
+    for ck in checkpoints:
         model, _, _ = load_checkpoint(ck, device="cpu")
         pred = predict(model, prep.data, idx, cfg.train.eval_batch_size, torch.device("cpu"))
         out.append(FoldReps(f"model of fold {ck.parent.name}", utt, spk, pred.labels.astype(np.int64),
