@@ -106,6 +106,11 @@ def run_suite(name: str, ctx: Context) -> SuiteResult:
                              settings=ctx.pick(module.SETTINGS),
                              raw={"traceback": traceback.format_exc()[-6000:]})
     result.seconds = time.perf_counter() - t0
+    return not_evaluated(result, module)
+
+
+def not_evaluated(result: SuiteResult, module) -> SuiteResult:
+    """A suite that did not finish: each of its targets is listed as not evaluated."""
     if result.status != "ok":
         result.targets = [Target(text, None, f"suite {result.status}", "—")
                           for text in getattr(module, "TARGETS", [])]
@@ -136,11 +141,9 @@ def run_parallel(names: list[str], ctx: Context, jobs: int, threads: int | None,
                 result = fut.result()
             except Exception as exc:  # noqa: BLE001 - the worker died (e.g. killed for memory)
                 module = suites.load(name)
-                result = SuiteResult(name, module.TITLE, status="error",
-                                     reason=f"worker process failed: {type(exc).__name__}: {exc}",
-                                     settings=ctx.pick(module.SETTINGS))
-                result.targets = [Target(t, None, "suite error", "—")
-                                  for t in getattr(module, "TARGETS", [])]
+                result = not_evaluated(SuiteResult(
+                    name, module.TITLE, status="error", settings=ctx.pick(module.SETTINGS),
+                    reason=f"worker process failed: {type(exc).__name__}: {exc}"), module)
             done(result)
 
 
