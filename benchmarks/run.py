@@ -119,8 +119,9 @@ def not_evaluated(result: SuiteResult, module) -> SuiteResult:
 
 def _pool_worker(name: str, ctx: Context, threads: int | None) -> SuiteResult:
     """One suite in a worker process of ``--jobs`` (spawned: fresh interpreter)."""
+    # force: a worker runs several suites in turn, each line names the current one
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s",
-                        datefmt="%H:%M:%S")
+                        datefmt="%H:%M:%S", force=True)
     if threads:
         import torch
 
