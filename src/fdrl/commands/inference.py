@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from fdrl.data.manifest import json_lines
 from fdrl.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -88,16 +89,7 @@ def read_inputs(path: str | Path) -> list[dict]:
             raw = [(n + 2, {k: (v if v != "" else None) for k, v in row.items()})
                    for n, row in enumerate(reader)]
         else:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object per line")
-                raw.append((lineno, row))
+            raw = list(json_lines(fh, path))
     rows, seen = [], set()
     for lineno, row in raw:
         utt = row.get("utt_id")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from fdrl.errors import DataError
 from fdrl.utils.io import read_json, write_json, write_jsonl
@@ -95,6 +95,21 @@ def write_manifest(out_dir: str | Path, rows: list[dict[str, Any]], classes: lis
     return out / MANIFEST_NAME
 
 
+def json_lines(lines, path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL text; a line that is
+    not a JSON object is a :class:`DataError` naming ``path`` and the line."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+        yield lineno, row
+
+
 def read_manifest(path: str | Path) -> Manifest:
     """Read a prepared manifest (a folder holding manifest.jsonl + labels.json, or the file).
 
@@ -114,15 +129,7 @@ def read_manifest(path: str | Path) -> Manifest:
         line = mpath.read_bytes()[: exc.start].count(b"\n") + 1
         raise DataError(f"{mpath}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
                         f"re-save it as UTF-8") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{mpath}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{mpath}:{lineno}: expected a JSON object per line")
+    for lineno, row in json_lines(lines, mpath):
         for key in ("utt_id", "label"):
             if row.get(key) in (None, ""):
                 raise DataError(f"{mpath}:{lineno}: field '{key}' is missing or empty")
