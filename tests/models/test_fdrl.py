@@ -69,6 +69,7 @@ def test_forward_shapes_pooled_and_inference_path():
     assert {k: v.shape for k, v in out.predictor_logits.items()} == {
         "S": (B, C), "P_a": (B, C), "P_t": (B, C)}
     assert set(out.terms) == {"task", "predictor", "align_global", "align_local",
+                              "align_global_confusion", "align_local_confusion",
                               "disparity_modality", "disparity_orthogonal", "total"}
     assert out.loss.dim() == 0
     out.loss.backward()
@@ -118,8 +119,9 @@ def test_local_discriminators_see_S_weighted_by_class_probabilities():
 
 
 def test_grl_reverses_alignment_gradient_and_follows_schedule():
+    # adversary "loss": eq. 15 literally, G_d(GRL_lambda(S))
     model = make(use_local=False, use_modality_disc=False, use_orthogonality=False,
-                 use_predictor=False, mu_fixed=0.0).eval()
+                 use_predictor=False, mu_fixed=0.0, adversary="loss").eval()
     assert model.grl.lambd == 0.0                         # DANN schedule starts at 0
     model.set_progress(1.0)
     assert model.grl.lambd == pytest.approx(0.99991, abs=1e-4)
@@ -183,7 +185,7 @@ def test_switched_off_components_contribute_nothing():
 
 
 def test_zero_mu_removes_local_gradient_and_one_sided_alignment():
-    model = make(mu_fixed=0.0)
+    model = make(mu_fixed=0.0, adversary="loss")          # eq. 15 literally
     out = model(pooled_batch(), labels=torch.arange(6) % 4)
     out.loss.backward()
     assert model.local_disc.w1.grad is None               # weight alpha * mu = 0: skipped
@@ -217,7 +219,7 @@ def test_only_task_still_trains_and_overfits_toy_batch():
 
 def test_mu_is_a_checkpointed_buffer_updated_by_end_epoch():
     C = 2
-    model = make(C)
+    model = make(C, mu_prior=0.0, mu_momentum=0.0)       # eq. 8 alone
     assert "mu" in model.state_dict() and float(model.state_dict()["mu"]) == 0.5
     model.train()
     model(pooled_batch(), labels=torch.tensor([0, 1, 0, 1, 0, 1]))
@@ -227,25 +229,25 @@ def test_mu_is_a_checkpointed_buffer_updated_by_end_epoch():
     # per-modality losses e_g = 0.1, e_l = [0.2, 0.3]
     model._acc = torch.tensor([10.0, 1.0, 0.0, 2.0, 3.0, 0.0, 0.0])
     stats = model.end_epoch()
-    assert stats["mu"] == pytest.approx(dynamic_factor(0.1, [0.2, 0.3]))
-    assert float(model.mu) == pytest.approx(stats["mu"])
+    assert stats["mu_next"] == pytest.approx(dynamic_factor(0.1, [0.2, 0.3]))
+    assert float(model.mu) == pytest.approx(stats["mu_next"])
     assert stats["d_global"] == pytest.approx(1.6) and stats["d_local"] == pytest.approx(1.0)
-    assert {"grl_lambda", "disc_global_error", "disc_local_loss"} <= set(stats)
+    assert {"disc_global_error", "disc_local_loss", "mu_estimate"} <= set(stats)
     assert model._acc is None                             # accumulators reset
     # no discriminator beats chance -> mu kept
     model._acc = torch.tensor([1.0, 0.69, 0.5, 0.69, 0.69, 0.5, 0.5])
-    assert model.end_epoch()["mu"] == pytest.approx(stats["mu"])
+    assert model.end_epoch()["mu_next"] == pytest.approx(stats["mu_next"])
     # error-rate convention: e_g = 0.1, e_l = [0.4, 0.4] -> d_g = 1.6, d_l = 0.4
     model.cfg.mu_error = "error_rate"
     model._acc = torch.tensor([10.0, 9.0, 1.0, 9.0, 9.0, 4.0, 4.0])
-    assert model.end_epoch()["mu"] == pytest.approx(1.6 / 2.0)
+    assert model.end_epoch()["mu_next"] == pytest.approx(1.6 / 2.0)
     # round trip through a state dict
     other = make(C)
     other.load_state_dict(model.state_dict())
     assert float(other.mu) == pytest.approx(0.8)
     assert model.state_for_log()["mu"] == pytest.approx(0.8)
     # an epoch with no training steps changes nothing
-    assert make(C).end_epoch()["mu"] == 0.5
+    assert make(C).end_epoch()["mu_next"] == 0.5
 
 
 def test_mu_fixed_pins_mu_and_eval_does_not_accumulate():
@@ -254,7 +256,7 @@ def test_mu_fixed_pins_mu_and_eval_does_not_accumulate():
     model(pooled_batch(), labels=torch.arange(6) % 4)
     assert model._acc is None
     model._acc = torch.tensor([10.0, 1.0, 0.0] + [2.0] * 4 + [0.0] * 4)
-    assert model.end_epoch()["mu"] == 0.0 and float(model.mu) == 0.0
+    assert model.end_epoch()["mu_next"] == 0.0 and float(model.mu) == 0.0
 
 
 def test_many_classes_and_class_weights():

@@ -31,6 +31,43 @@ Choices the paper leaves open (all documented where they are made):
   local discriminators are on FP is still fitted on *detached* representations, so
   their class weights remain predictions rather than a random layer's output.
 
+The adversarial game as built (departures from the literal eq. 15, each chosen by a
+diagnostic measured with :mod:`fdrl.analysis.diagnostics` on IEMOCAP fold 1,
+``fdrl cv --config iemocap_features``, pooled inputs; the literal form stays available
+as ``adversary: loss, shared_norm: none, local_reduction: sum, orth_reduction: sum,
+mu_prior: 0, mu_momentum: 0``):
+
+- **Bounded shared space** (``shared_norm``, :class:`SharedNorm`). Literally, the GRL
+  game was won by inflating S (||S|| 169 vs ||P|| 7) while a fresh probe still told
+  S_a from S_t (0.95) and replacing S by its mean cost 0.6 UAR points (dead weight).
+  A LayerNorm bounded the norm (11.3) but left a mean offset of norm 4-5 between S_a
+  and S_t (probe 0.99); per-modality standardisation removes it by construction.
+- **Discriminators always learn at full weight** (``adversary``); alpha (1 - mu),
+  alpha mu and lambda scale only what reaches the encoders, so a zero mixing weight
+  no longer freezes a discriminator for an epoch (which fed mu's flip-flop).
+  ``confusion`` (default): the encoders minimise the frozen discriminator's
+  cross-entropy to the uniform target. With the reversed gradient (``reversed``) the
+  discriminator sat *below* chance on training rows (0.46) while a fresh probe told
+  the modalities apart at 0.97 there: the GRL rewards a confidently wrong
+  discriminator, and the encoders chased it. Validation UAR chose confusion.
+- L_l is the **mean** over classes (``local_reduction``): the sum is C x L_g and
+  dominated the alignment gradient. Each class's error rate for mu counts the rows
+  by yhat^c (a row discriminator c cannot see is no evidence about subdomain c).
+- **mu from a smoothed, prior-regularised estimate** (``mu_prior``, ``mu_momentum``):
+  eq. 8 on near-chance error rates is a ratio of noise (0.09-0.87 on fold 1, 0/1 on
+  the demo); with a prior of 0.1 and momentum 0.7 it moves by < 0.02 per epoch there.
+- **L_d divided by the batch size** (``orth_reduction: batch``): the sum of eq. 10 was
+  about 245 and dominated, the mean 0.015 (1 % of the task's gradient at E_s); /B
+  sends a gradient into E_s of the task's size (1.7-2.3 vs 2.0-2.4).
+- No dropout inside E_s (``shared_dropout``): dropout shifted the statistics of S
+  between training and evaluation, so the running statistics misfit.
+- Measured and rejected (fold 1, validation speaker): central-moment matching of S_a
+  and S_t (probe 0.81-0.94, but S became dead weight), a paired loss
+  ||S_a - S_t||^2 (0.86-0.95), a speaker adversary on S (0.90), a 10x discriminator
+  learning rate (0.96). What remains on an unseen speaker is a speaker-level offset:
+  the probe drops to chance once each speaker's mean is removed, and is 0.69 on the
+  training speakers (BENCHMARKS.md).
+
 Emotion/identity disentanglement (``identity``, spec identity.md, see
 :mod:`fdrl.models.identity`): the emotion embedding is the fused vector (the
 classifier's input), the shared trunk that the identity branch reads is ``[H_a; H_t]``
@@ -46,6 +83,7 @@ from typing import Callable, Literal, Mapping
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from fdrl.errors import ConfigError
@@ -71,6 +109,7 @@ from fdrl.models.layers import (
     GradientReversal,
     ModalityInput,
     dann_lambda,
+    grad_reverse,
 )
 from fdrl.models.registry import register
 
@@ -103,6 +142,21 @@ class FDRLConfig:
     fusion_out: Literal["flatten", "mean"] = "flatten"  # K*d (heads concatenated) or mean: d
     fusion_tokens: Literal["all", "shared", "private"] = "all"  # CMF tokens: [S_a,S_t,P_a,P_t];
                                      # [S_a,S_t] or [P_a,P_t] (ablations S4/S5, "partial" reading)
+    # --- the adversarial game (departures from the literal eq. 15: module docstring) ---
+    adversary: Literal["confusion", "reversed", "loss"] = "confusion"  # reversed: G_d, G_d^c learn from their own
+                                     # loss at full weight; alpha (1 - mu), alpha mu and lambda scale
+                                     # only the reversed gradient reaching the encoders. loss: eq. 15
+                                     # literally (a weight of 0 stops that discriminator learning)
+    shared_norm: Literal["modality", "layer", "none"] = "modality"  # bound S_a, S_t before the
+                                     # discriminators and the fusion, so the encoders cannot win the
+                                     # game by inflating S (SharedNorm): modality = standardise each
+                                     # modality's S per dimension (running statistics); layer =
+                                     # LayerNorm without affine; none = the paper
+    local_reduction: Literal["mean", "sum"] = "mean"  # L_l over the C classes: mean (L_g's scale)
+                                     # or sum (eq. 5 literally, about C x L_g)
+    shared_dropout: bool = False     # dropout inside E_s. Off: with shared_norm modality, dropout
+                                     # shifts the statistics of S between training and evaluation
+                                     # (the running statistics then misfit and S_a, S_t drift apart)
     # --- discriminators ---
     disc_hidden: int = 128           # hidden width of G_d, G_d^c and GD
     # --- loss weights (eq. 15; paper: alpha = gamma = 1, beta = 0.5) ---
@@ -114,14 +168,18 @@ class FDRLConfig:
     use_local: bool = True           # L_l, per-class local subdomain discriminators
     use_modality_disc: bool = True   # L_p, global modality discriminator on P
     use_orthogonality: bool = True   # L_d, orthogonality of S and P
-    orth_reduction: Literal["sum", "mean"] = "sum"  # L_d over d x d entries: sum = eq. 10;
-                                     # mean = MISA's code (sum / d^2; sum grows with batch size)
+    orth_reduction: Literal["sum", "mean", "batch"] = "batch"  # L_d over d x d entries: sum = eq. 10;
+                                     # mean = MISA's code (sum / d^2); batch = sum / B (1 when
+                                     # uncorrelated at any B and d; fdrl.losses.orthogonality_loss)
     use_predictor: bool = True       # L_f reaches the encoders (False: FP fitted on detached inputs)
     # --- dynamic factor mu (eq. 6-8) ---
     mu_variant: Literal["eq8", "daan"] = "eq8"  # eq8: mu = d_g/(d_g+d_l) (paper); daan: 1 - that
     mu_error: Literal["loss", "error_rate"] = "loss"  # e in d = 2(1-2e): discriminator CE (paper;
                                      # CE >= 0.5 gives d = 0, mu then stays) or error rate
     mu_init: float = 0.5             # mu before the first epoch ends
+    mu_prior: float = 0.1            # pseudo-distance added to d_g and d_l (0 = eq. 8): near chance
+                                     # mu stays near 0.5 instead of flipping between 0 and 1
+    mu_momentum: float = 0.7         # mu <- m mu + (1 - m) mu_epoch (0 = the epoch's estimate alone)
     mu_fixed: float | None = None    # pin mu (e.g. 0.0 for Fig. 3b "mu = 0"); None = dynamic
     # --- gradient reversal ---
     grl_schedule: Literal["dann", "constant"] = "dann"  # dann: lambda_max * (2/(1+e^(-gamma p))-1)
@@ -133,6 +191,45 @@ class FDRLConfig:
     # --- emotion/identity disentanglement (spec identity.md; fdrl.models.identity) ---
     identity: dict | None = None     # IdentityConfig fields, e.g. {method: adversarial, weight: 0.5};
                                      # None or method none = off. Emotion embedding: the fused vector
+
+
+class SharedNorm(nn.Module):
+    """The bounded shared space: S_a, S_t (B, d) -> (B, d), no parameters.
+
+    ``"modality"`` standardises every dimension of S_m with that modality's own batch
+    statistics (running statistics at evaluation; modality-specific batch
+    normalisation, Chang et al. 2019): each S_m then has mean 0 and variance 1 per
+    dimension, so ||S|| is about sqrt(d) and the first two moments of S_a and S_t
+    agree by construction. Measured on IEMOCAP fold 1 (`fdrl cv --config
+    iemocap_features`): with a LayerNorm the GRL game left a mean offset of norm 4-5
+    between S_a and S_t that a fresh linear probe used (0.99 on validation, 0.42 once
+    each speaker's mean is removed) while the discriminators sat at chance; the
+    adversaries are left to align what standardisation cannot (the class-conditional
+    structure, eq. 5). ``"layer"``: LayerNorm without affine (||S|| = sqrt(d) per
+    row). ``"none"``: the paper (unbounded).
+    """
+
+    def __init__(self, d: int, kind: str = "modality"):
+        super().__init__()
+        self.kind = kind
+        if kind == "modality":
+            self.norms = nn.ModuleList(nn.BatchNorm1d(d, affine=False) for _ in range(2))
+        elif kind == "layer":
+            self.norm = nn.LayerNorm(d, elementwise_affine=False)
+
+    def forward(self, parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if self.kind == "none":
+            return tuple(parts)
+        if self.kind == "layer":
+            return tuple(self.norm(x) for x in parts)
+        out = []
+        for bn, x in zip(self.norms, parts):                   # (B, d) each
+            if self.training and x.shape[0] < 2:               # one row: running statistics
+                x = F.batch_norm(x, bn.running_mean, bn.running_var, training=False, eps=bn.eps)
+            else:
+                x = bn(x)
+            out.append(x)
+        return tuple(out)
 
 
 @dataclass
@@ -199,9 +296,13 @@ class FDRL(EmotionModel):
         self.text_in = _modality_input(cfg, spec.text_dim, spec.text_sequence,
                                        spec.text_backbone)
         # 2. encoders (eq. 3): one shared E_s for both modalities, one private per modality
-        self.shared = MLP(cfg.d_input, cfg.hidden, cfg.d, cfg.dropout)      # E_s
+        self.shared = MLP(cfg.d_input, cfg.hidden, cfg.d,                   # E_s
+                          cfg.dropout if cfg.shared_dropout else 0.0)
         self.private_a = MLP(cfg.d_input, cfg.hidden, cfg.d, cfg.dropout)   # E_a
         self.private_t = MLP(cfg.d_input, cfg.hidden, cfg.d, cfg.dropout)   # E_t
+        # bounded shared space: every S row has mean 0 and norm sqrt(d) (no parameters,
+        # so the encoders cannot grow S to push the reversed gradient around)
+        self.shared_norm = SharedNorm(cfg.d, cfg.shared_norm)
         # 3. fine-grained alignment: one GRL in front of every alignment discriminator
         self.grl = GradientReversal(self._grl_lambda(0.0))
         self.global_disc = (MLP(cfg.d, cfg.disc_hidden, 2, cfg.dropout)     # G_d
@@ -278,13 +379,11 @@ class FDRL(EmotionModel):
         h_a = self.speech_in(inputs.speech, inputs.speech_mask).pooled  # (B, d_input)
         h_t = self.text_in(inputs.text, inputs.text_mask).pooled        # (B, d_input)
         B = h_a.shape[0]
-        S_a, S_t = self.shared(torch.cat([h_a, h_t])).split(B)          # (B, d) each, one E_s
+        S_a, S_t = self.shared_norm(self.shared(torch.cat([h_a, h_t])).split(B))  # (B, d) each
         P_a = self.private_a(h_a)                                       # (B, d)
         P_t = self.private_t(h_t)                                       # (B, d)
         reps = {"S_a": S_a, "S_t": S_t, "P_a": P_a, "P_t": P_t}
-        tokens = torch.stack([reps[k] for k in self.fusion_tokens], dim=1)     # (B, K, d)
-        fused = self.fusion(tokens)                                     # (B, K*d) or (B, d)
-        logits = self.classifier(fused)                                 # (B, C)
+        fused, logits = self._head(reps)                                # (B, K*d), (B, C)
         out = FDRLOutput(logits=logits, embeddings={**reps, "fused": fused}, H_a=h_a, H_t=h_t,
                          **reps)
         if labels is None:
@@ -296,7 +395,52 @@ class FDRL(EmotionModel):
                     raise ValueError(f"extra loss '{name}' clashes with a built-in term")
                 terms[name], weights[name] = term, float(w)
         out.loss, out.terms = combine(terms, weights)
+        out.weighted_terms = {k: weights[k] * t for k, t in terms.items() if weights.get(k, 0.0)}
         return out
+
+    def gradient_probe(self) -> list[nn.Parameter]:
+        """E_s: the encoder every alignment, disparity and predictor term competes for."""
+        return list(self.shared.parameters())
+
+    def _head(self, reps: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fusion (eq. 12-13) and classifier (eq. 14) on the representations."""
+        tokens = torch.stack([reps[k] for k in self.fusion_tokens], dim=1)     # (B, K, d)
+        fused = self.fusion(tokens)                                     # (B, K*d) or (B, d)
+        return fused, self.classifier(fused)                            # (B, C)
+
+    def _adversary(self, disc: nn.Module, x: torch.Tensor, coef: float
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A discriminator's logits on ``x`` and, for ``adversary: confusion``, the
+        encoders' confusion term.
+
+        - ``loss``: ``disc(GRL_lambda(x))``, weights on the losses (eq. 15 literally);
+        - ``reversed``: ``disc(GRL_coef(x))``: the discriminator learns at full weight,
+          the encoders get ``-coef`` times its gradient;
+        - ``confusion``: the discriminator learns on ``x.detach()``; the encoders
+          minimise the CE of the *frozen* discriminator against the uniform target
+          (Tzeng et al. 2015), i.e. they move S towards its decision boundary instead
+          of across it (the reversed gradient rewards a confidently *wrong*
+          discriminator, which on IEMOCAP left it below chance while a fresh probe
+          told S_a from S_t at 0.97 on the same training rows).
+        """
+        mode = self.cfg.adversary
+        if mode == "loss":
+            return disc(grad_reverse(x, self.grl.lambd)), None
+        if mode == "reversed":
+            return disc(grad_reverse(x, coef)), None
+        logits = disc(x.detach())
+        frozen = {k: v.detach() for k, v in disc.named_parameters()}
+        enc = torch.func.functional_call(disc, frozen, (x,))             # same shape
+        return logits, -F.log_softmax(enc.float(), dim=-1).mean()       # CE to uniform
+
+    #: the parts an evaluation-time ablation replaces (fdrl.analysis.diagnostics)
+    diagnostic_parts = {"S": ("S_a", "S_t"), "P": ("P_a", "P_t")}
+
+    @torch.no_grad()
+    def classify(self, reps: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Emotion logits (B, C) from given ``S_a, S_t, P_a, P_t`` (B, d): the head
+        alone, so a diagnostic can replace a part by its training mean."""
+        return self._head(reps)[1]
 
     def _losses(self, out: FDRLOutput, y: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -321,25 +465,40 @@ class FDRL(EmotionModel):
             terms["predictor"] = predictor_loss(f_S, f_Pa, f_Pt, y)
             weights["predictor"] = cfg.gamma
 
-        # 3. fine-grained alignment (eq. 4-5); the GRL makes the encoders fight G_d, G_d^c
-        S_rev = self.grl(S)                                             # (2B, d)
+        # 3. fine-grained alignment (eq. 4-5); the GRL makes the encoders fight G_d, G_d^c.
+        # adversary "reversed": each discriminator minimises its own CE at weight 1 while
+        # the encoders receive -lambda alpha (1 - mu) (global) / -lambda alpha mu (local)
+        # times its gradient; "loss": eq. 15 literally, the weights on the losses.
+        lam = self.grl.lambd
+        literal = cfg.adversary == "loss"
         g_err = l_err = per_class = None
         if self.global_disc is not None:
-            g = self.global_disc(S_rev)                                 # (2B, 2)
+            w = cfg.alpha * (1.0 - mu)
+            g, conf = self._adversary(self.global_disc, S, lam * w)         # (2B, 2)
             out.global_logits = g
             terms["align_global"] = global_alignment_loss(g[:B], g[B:])
-            weights["align_global"] = cfg.alpha * (1.0 - mu)
+            weights["align_global"] = w if literal else 1.0
+            if conf is not None:
+                terms["align_global_confusion"], weights["align_global_confusion"] = conf, lam * w
             g_err = (g.detach().argmax(-1) != y_mod).float().mean()     # ()
         if self.local_disc is not None:
+            w = cfg.alpha * mu
             with torch.no_grad():  # yhat detached: L_l must not train FP through the weights
                 yhat = torch.softmax(self.predictor(S), dim=-1)         # (2B, C)
-            x = yhat.t().unsqueeze(-1) * S_rev.unsqueeze(0)             # (C, 2B, d)
-            loc = self.local_disc(x)                                    # (C, 2B, 2)
+            x = yhat.t().unsqueeze(-1) * S.unsqueeze(0)                 # (C, 2B, d), eq. 5
+            loc, conf = self._adversary(self.local_disc, x, lam * w)    # (C, 2B, 2)
             out.local_logits = loc
             per_class = local_alignment_losses(loc[:, :B], loc[:, B:])  # (C,)
-            terms["align_local"] = per_class.sum()
-            weights["align_local"] = cfg.alpha * mu
-            l_err = (loc.detach().argmax(-1) != y_mod).float().mean(1)  # (C,)
+            reduce = torch.mean if cfg.local_reduction == "mean" else torch.sum
+            terms["align_local"] = reduce(per_class)
+            weights["align_local"] = w if literal else 1.0
+            if conf is not None:
+                terms["align_local_confusion"], weights["align_local_confusion"] = conf, lam * w
+            # each class's error counts the rows by their weight yhat^c: a row the
+            # discriminator c cannot see (yhat^c ~ 0) is no evidence about subdomain c
+            wrong = (loc.detach().argmax(-1) != y_mod).float()         # (C, 2B)
+            wt = yhat.t()                                               # (C, 2B)
+            l_err = (wrong * wt).sum(1) / wt.sum(1).clamp_min(1e-8)     # (C,)
 
         # 4. fine-grained disparity (eq. 9-10)
         if self.modality_disc is not None:
@@ -401,11 +560,14 @@ class FDRL(EmotionModel):
                              disc_local_error=float(l_err.mean()),
                              d_local=sum(a_distance(e) for e in e_l.tolist()) / C)
             if cfg.use_global and cfg.use_local and cfg.mu_fixed is None:
-                mu = dynamic_factor(e_g, e_l, variant=cfg.mu_variant, error=cfg.mu_error)
+                mu = dynamic_factor(e_g, e_l, variant=cfg.mu_variant, error=cfg.mu_error,
+                                    prior=cfg.mu_prior)
                 if mu is not None:  # None: no discriminator beats chance, keep mu
-                    self.mu.fill_(mu)
-        stats["mu"] = self.effective_mu()
-        stats["grl_lambda"] = self.grl.lambd
+                    stats["mu_estimate"] = mu
+                    m = cfg.mu_momentum
+                    self.mu.fill_(m * float(self.mu) + (1.0 - m) * mu)
+        # the mu the *next* epoch uses; the trainer logs the one this epoch used as "mu"
+        stats["mu_next"] = self.effective_mu()
         return stats
 
 
@@ -418,7 +580,8 @@ def _check(cfg: FDRLConfig, spec: InputSpec) -> None:
     choices = {"fusion_out": ("flatten", "mean"), "fusion_tokens": tuple(FUSION_TOKENS),
                "pooling": ("attention", "mean"), "mu_variant": ("eq8", "daan"),
                "mu_error": ("loss", "error_rate"), "grl_schedule": ("dann", "constant"),
-               "orth_reduction": ("sum", "mean")}
+               "orth_reduction": ("sum", "mean", "batch"), "adversary": ("reversed", "confusion", "loss"),
+               "shared_norm": ("modality", "layer", "none"), "local_reduction": ("mean", "sum")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"model.{key}: expected one of {list(allowed)}, "
@@ -429,6 +592,10 @@ def _check(cfg: FDRLConfig, spec: InputSpec) -> None:
         raise ConfigError(f"model.mu_init: expected a value in [0, 1], got {cfg.mu_init}")
     if cfg.mu_fixed is not None and not 0.0 <= cfg.mu_fixed <= 1.0:
         raise ConfigError(f"model.mu_fixed: expected null or a value in [0, 1], got {cfg.mu_fixed}")
+    if not 0.0 <= cfg.mu_momentum < 1.0:
+        raise ConfigError(f"model.mu_momentum: expected a value in [0, 1), got {cfg.mu_momentum}")
+    if cfg.mu_prior < 0:
+        raise ConfigError(f"model.mu_prior: expected a value >= 0, got {cfg.mu_prior}")
     if spec.num_classes < 2:
         raise ConfigError(f"FDRL needs at least 2 classes, the data have {spec.num_classes}")
     if cfg.class_weights is not None and len(cfg.class_weights) != spec.num_classes:
