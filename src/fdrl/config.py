@@ -62,6 +62,9 @@ class TrainConfig:
     seed: int = 0                 # seeds python, numpy and torch
     device: str = "auto"          # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     deterministic: bool = True    # torch.use_deterministic_algorithms where possible
+    diagnose: bool = False        # history.csv: gradient norm each loss term sends into the gradient-probe
+                                  # parameters (FDRL: E_s), every `diagnose_every` steps (extra backward passes)
+    diagnose_every: int = 10      # steps between two per-term gradient measurements with `diagnose`
     threads: int = 1              # torch CPU threads while training on CPU (small heads are fastest on 1; 0 = torch's default)
 
 

@@ -58,6 +58,9 @@ class ModelOutput:
     loss: torch.Tensor | None = None
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the weighted terms of ``loss`` still attached to the graph (name -> scalar), for
+    #: the per-term gradient diagnostic (``train.diagnose``); empty when not provided
+    weighted_terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class EmotionModel(nn.Module):
@@ -86,6 +89,20 @@ class EmotionModel(nn.Module):
     def state_for_log(self) -> dict[str, float]:
         """Scalars worth logging every step (e.g. the current GRL lambda)."""
         return {}
+
+    #: representation parts a diagnostic may replace by their training mean, e.g.
+    #: ``{"S": ("S_a", "S_t"), "P": ("P_a", "P_t")}``; models that define it also
+    #: implement :meth:`classify` (see :mod:`fdrl.analysis.diagnostics`)
+    diagnostic_parts: dict[str, tuple[str, ...]] = {}
+
+    def classify(self, reps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Emotion logits (B, C) from the named representations of ``diagnostic_parts``."""
+        raise NotImplementedError(f"{type(self).__name__} has no representation parts")
+
+    def gradient_probe(self) -> list[nn.Parameter]:
+        """Parameters whose gradient norm per loss term ``train.diagnose`` logs (FDRL:
+        the shared encoder E_s); empty = no such diagnostic."""
+        return []
 
 
 @dataclass

@@ -42,6 +42,7 @@ from fdrl.data.manifest import Manifest, read_manifest
 from fdrl.errors import ConfigError, RunError
 from fdrl.models.base import InputSpec
 from fdrl.training import distributed as D
+from fdrl.training.diagnose import fold_diagnostics
 from fdrl.training.data import (FeatureData, RawData, bad_rows_error, drop_rows, load_feature_data,
                                 load_usable, missing_inputs, renumber, unreadable_inputs)
 from fdrl.training.runs import aggregate, environment, experiment_sha256, new_run_dir
@@ -195,7 +196,10 @@ def run_fold(cfg: Config, prep: Prepared, fold: Fold, fold_dir: Path, progress: 
                       backbone_params=backbone_params, progress=progress)
     fit = trainer.fit(data, train_idx, val_idx, resume_path=fold_dir / "resume.pt",
                       desc=f"fold {fold.name}")
-    val = predict(trainer.net, data, val_idx, cfg.train.eval_batch_size, device, keep_embeddings=False)
+    val = predict(trainer.net, data, val_idx, cfg.train.eval_batch_size, device)
+    # on validation rows at the selected epoch, never the test fold
+    diagnostics = fold_diagnostics(trainer.net, data, train_idx, val, cfg.train.eval_batch_size,
+                                   device, seed=cfg.train.seed)
     test = predict(trainer.net, data, fold.test, cfg.train.eval_batch_size, device,
                    keep_embeddings=cfg.run.save_representations)
     classes = manifest.classes
@@ -206,6 +210,8 @@ def run_fold(cfg: Config, prep: Prepared, fold: Fold, fold_dir: Path, progress: 
         "val": metrics.summary(val.labels, val.preds, classes),
         "test": metrics.summary(test.labels, test.preds, classes),
     }
+    if diagnostics is not None:
+        result["diagnostics"] = diagnostics
     if D.is_main():
         save_checkpoint(fold_dir / "model", model, cfg, classes, prep.spec, prep.encoders,
                         fit.best_epoch + 1, {"val": result["val"], "test": result["test"]},

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fdrl import __version__
+from fdrl.analysis.diagnostics import DESCRIPTIONS as DIAGNOSTIC_DESCRIPTIONS, mean_std_over_folds
 from fdrl.errors import RunError
 from fdrl.metrics import mean_std
 from fdrl.utils.io import read_json, sha256_text, write_json, write_text
@@ -124,12 +125,16 @@ def aggregate(run_dir: str | Path, fold_metrics: list[dict] | None = None,
             **{m: f["test"][m] for m in RESULT_METRICS},
             "val_uar": f.get("val", {}).get("uar"),
             "confusion": f["test"]["confusion"],
+            **({"diagnostics": f["diagnostics"]} if f.get("diagnostics") else {}),
         } for f in folds],
         "confusion_sum": np.sum([f["test"]["confusion"] for f in folds], axis=0).tolist(),
         "config_sha256": meta.get("config_sha256"),
         "git_commit": meta.get("environment", {}).get("git_commit"),
         "environment": meta.get("environment"),
     }
+    per_fold = [f["diagnostics"] for f in folds if f.get("diagnostics")]
+    if per_fold:
+        results["diagnostics"] = mean_std_over_folds(per_fold)
     results.update(extra or {})
     write_json(run_dir / "results.json", results)
     write_text(run_dir / "results.md", results_markdown(results, run_dir))
@@ -155,6 +160,13 @@ def results_markdown(results: dict, run_dir: Path | None = None) -> str:
     ms = {m: results[m] for m in ("war", "uar", "macro_f1")}
     lines.append("| **mean ± std** | | | | " + " | ".join(
         f"**{_pct(ms[m]['mean'])} ± {_pct(ms[m]['std'])}**" for m in ("war", "uar", "macro_f1")) + " |")
+    if results.get("diagnostics"):
+        lines += ["", "Diagnostics on each fold's validation rows at the selected epoch "
+                  "(mean ± std over folds; `fdrl.analysis.diagnostics`):", "",
+                  "| diagnostic | mean ± std | what it shows |", "| --- | --- | --- |"]
+        for key, v in results["diagnostics"].items():
+            val = "-" if v["mean"] is None else f"{v['mean']:.3f} ± {v['std']:.3f}"
+            lines.append(f"| {key} | {val} | {DIAGNOSTIC_DESCRIPTIONS.get(key, '')} |")
     lines += ["", f"config sha256: `{results.get('config_sha256')}`  ", f"git commit: `{results.get('git_commit')}`"]
     return "\n".join(lines) + "\n"
 
@@ -168,6 +180,10 @@ def format_table(results: dict) -> str:
     w, u = results["war"], results["uar"]
     rows.append(f"{'mean':>4}  {'':>12}  {'':>5}  {_pct(w['mean']):>7}  {_pct(u['mean']):>7}")
     rows.append(f"{'std':>4}  {'':>12}  {'':>5}  {_pct(w['std']):>7}  {_pct(u['std']):>7}")
+    if results.get("diagnostics"):
+        rows.append("diagnostics (validation rows, mean ± std over folds):")
+        rows += [f"  {k:<18} {v['mean']:.3f} ± {v['std']:.3f}"
+                 for k, v in results["diagnostics"].items() if v["mean"] is not None]
     return "\n".join(rows)
 
 

@@ -185,6 +185,22 @@ def _mean_over_ranks(sums: dict[str, float], n_steps: int) -> dict[str, float]:
     return {k: float(t[i]) / max(1.0, float(t[-1])) for i, k in enumerate(keys)}
 
 
+def term_gradient_norms(out: ModelOutput, params: list[torch.nn.Parameter]) -> dict[str, float]:
+    """``{"grad_<term>": ||d (w_k L_k) / d params||}`` for each weighted loss term of
+    ``out`` (still attached to the graph), without touching ``.grad``. Under the
+    reversed adversary a discriminator's term reaches the encoder only through its
+    scaled, reversed gradient, so this is exactly what each term sends into it."""
+    params = [p for p in params if p.requires_grad]
+    if not params or not out.weighted_terms:
+        return {}
+    norms = {}
+    for name, term in out.weighted_terms.items():
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        sq = sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None)
+        norms[f"grad_{name}"] = math.sqrt(sq)
+    return norms
+
+
 class Trainer:
     """Trains one model. ``log_dir`` receives ``history.csv`` (+ TensorBoard events)."""
 
@@ -300,16 +316,26 @@ class Trainer:
             net.train()
             order = self._train_order(train_idx, data.labels, epoch)
             sums: dict[str, float] = {}
-            n_steps = 0
+            state_sums: dict[str, float] = {}
+            grad_sums: dict[str, float] = {}
+            n_steps = n_diag = 0
             for step, batch in enumerate(data.batches(order, batch_size)):
                 progress = (epoch * steps_per_epoch + step) / max(1, total_steps)
                 model.set_progress(progress)
+                for k, v in model.state_for_log().items():  # what this step uses (mu, lambda)
+                    state_sums[k] = state_sums.get(k, 0.0) + float(v)
                 out = net(batch.inputs.to(self.device), labels=batch.labels.to(self.device),
                           speakers=batch.speakers.to(self.device))
                 self.optimizer.zero_grad(set_to_none=True)
+                if cfg.diagnose and step % max(1, cfg.diagnose_every) == 0:
+                    for k, v in term_gradient_norms(out, model.gradient_probe()).items():
+                        grad_sums[k] = grad_sums.get(k, 0.0) + v
+                    n_diag += 1
                 out.loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
+                sums["clipped"] = sums.get("clipped", 0.0) + float(0 < cfg.grad_clip < float(norm))
                 self.optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
@@ -318,7 +344,9 @@ class Trainer:
                 n_steps += 1
             row = {"epoch": epoch + 1}  # 1-based in logs and metrics
             row.update({f"train_{k}": v for k, v in _mean_over_ranks(sums, n_steps).items()})
-            row.update({k: float(v) for k, v in model.state_for_log().items()})
+            # the mu and GRL lambda this epoch used (means over its steps)
+            row.update({k: v / max(1, n_steps) for k, v in state_sums.items()})
+            row.update({k: v / max(1, n_diag) for k, v in grad_sums.items()})
             row.update({k: float(v) for k, v in model.end_epoch().items()})
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             val = predict(net, data, val_idx, cfg.eval_batch_size, self.device, keep_embeddings=False)
@@ -334,7 +362,8 @@ class Trainer:
                 bad_epochs += 1
             row["best_epoch"] = best_epoch + 1
             history.append(row)
-            epoch_bar.set_postfix(loss=f"{row.get('train_total', float('nan')):.3f}",
+            # the emotion loss, not the total (which holds the discriminators' own CE)
+            epoch_bar.set_postfix(task_loss=f"{row.get('train_task', float('nan')):.3f}",
                                   val_uar=f"{row['val_uar']:.3f}")
             if writer is not None:
                 for k, v in row.items():
