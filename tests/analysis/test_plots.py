@@ -34,7 +34,10 @@ def _fake_run(root, name, aligned: bool, folds=(1, 2), n=40, d=6, reps=True, mu=
         war = float(np.mean(y == pred))
         test = {"n": n, "war": war, "uar": war, "macro_f1": war, "weighted_f1": war,
                 "confusion": cm.tolist()}
-        (fd / "metrics.json").write_text(json.dumps({"fold": k, "test_group": str(g), "test": test}))
+        diag = ({"probe_modality_S": 0.6, "probe_modality_P": 1.0, "norm_S": 8.0, "norm_P": 5.0,
+                 "drop_S_uar": 0.05, "drop_P_uar": 0.1} if reps else None)
+        (fd / "metrics.json").write_text(json.dumps({"fold": k, "test_group": str(g), "test": test,
+                                                     **({"diagnostics": diag} if diag else {})}))
         fold_results.append({"fold": k, "test_group": str(g), "n_test": n, "best_epoch": 2,
                              "war": war, "uar": war, "macro_f1": war, "confusion": cm.tolist()})
         with open(fd / "history.csv", "w", newline="") as fh:
@@ -97,8 +100,11 @@ def test_make_report_with_compare_and_mu0(tmp_path):
     assert set(measures["run"]["per_fold"]) == {"1", "2"}
 
     report = (out / "report.md").read_text()
-    for png in ("fig3a_tsne.png", "fig3b_centroids.png", "confusion.png", "learning_curves.png"):
+    for png in ("fig3a_tsne.png", "fig3b_centroids.png", "confusion.png", "learning_curves.png",
+                "diagnostics.png"):
         assert f"]({png})" in report
+    diag = list(csv.DictReader(open(out / "diagnostics.csv")))
+    assert {(r["fold"], r["diagnostic"]) for r in diag} >= {("1", "probe_modality_S"), ("2", "drop_P_uar")}
     assert "modality_acc_S" in report and "mu0: mu0" in report and "**mean ± std**" in report
 
 

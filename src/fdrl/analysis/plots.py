@@ -229,3 +229,32 @@ def plot_learning_curves(histories: Mapping[str, list[dict]], png: str | Path,
         axes[0].legend(fontsize=7)
     fig.suptitle("Learning curves per fold (dot: selected epoch)", fontsize=11)
     return save_figure(fig, png)
+
+
+def plot_diagnostics(per_fold: Mapping[str, Mapping[str, float]], png: str | Path,
+                     descriptions: Mapping[str, str] | None = None) -> Path:
+    """One bar group per diagnostic (fdrl.analysis.diagnostics), one bar per fold; the
+    reference lines mark chance (0.5) for the probes and 0 for the UAR drops."""
+    keys = [k for k in (descriptions or {}) if any(d.get(k) is not None for d in per_fold.values())]
+    keys += sorted({k for d in per_fold.values() for k in d} - set(keys))
+    ncols = 4
+    rows = max(1, math.ceil(len(keys) / ncols))
+    fig = Figure(figsize=(3.4 * ncols, 2.5 * rows), layout="constrained")
+    axes = fig.subplots(rows, ncols, squeeze=False).ravel()
+    folds = list(per_fold)
+    for ax, key in zip(axes, keys):
+        vals = [per_fold[f].get(key) for f in folds]
+        ax.bar(range(len(folds)), [np.nan if v is None else v for v in vals],
+               color=[class_colour(k) for k in range(len(folds))])
+        ax.set_xticks(range(len(folds)), [str(f) for f in folds], fontsize=7)
+        if key.startswith("probe_"):
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+            ax.set_ylim(0, 1.05)
+        elif key.startswith("drop_"):
+            ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_title(key, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    fig.suptitle("Diagnostics per fold (validation rows, selected epoch)", fontsize=11)
+    return save_figure(fig, png)

@@ -8,6 +8,7 @@ Output folder (default ``RUN_DIR/figures``; an existing one is never overwritten
     fig3b_centroids.png / .csv / .npz   per-class S centroids (run, and --mu0)
     confusion.png / .csv           per fold and summed, row-normalised
     learning_curves.png / .csv     every history.csv column per fold
+    diagnostics.png / .csv         the folds' validation diagnostics (probes, norms, drops)
     measures.json                  modality probes, silhouette, centroid distances, gaps
     report.md                      results table, measures, the figures embedded
 
@@ -247,6 +248,20 @@ def _learning_curves(run: RunInfo, out: Path) -> str | None:
     return "learning_curves.png"
 
 
+def _diagnostics(run: RunInfo, out: Path) -> str | None:
+    """The folds' validation diagnostics (metrics.json) as bars beside the curves."""
+    from fdrl.analysis.diagnostics import DESCRIPTIONS
+
+    per_fold = {f.name: read_json(f / "metrics.json").get("diagnostics") for f in run.folds}
+    per_fold = {k: v for k, v in per_fold.items() if v}
+    if not per_fold:
+        return None
+    P.plot_diagnostics(per_fold, out / "diagnostics.png", DESCRIPTIONS)
+    _csv(out / "diagnostics.csv", ["fold", "diagnostic", "value"],
+         [(fold, k, v) for fold, d in per_fold.items() for k, v in d.items()])
+    return "diagnostics.png"
+
+
 # -- report ------------------------------------------------------------------------------
 
 def _pct(x) -> str:
@@ -327,6 +342,10 @@ def report_markdown(runs: list[RunInfo], measures: dict, figures: dict, group) -
          "agree (fine-grained alignment)."),
         ("confusion", "Confusion matrices", "Rows = true class, % of the row, count in brackets."),
         ("curves", "Learning curves", "One line per fold; the dot marks the selected epoch."),
+        ("diagnostics", "Diagnostics",
+         "Per fold, on the validation rows at the selected epoch: fresh modality probes "
+         "(0.5 = aligned), norms, and the UAR lost when S or P is replaced by its training "
+         "mean (fdrl.analysis.diagnostics)."),
     ]
     for key, title, text in sections:
         lines += ["", f"## {title}", ""]
@@ -359,6 +378,7 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, compare: str
         "fig3b": lambda: _fig3b([r for r in others if r.role == "mu0"] + [main], group, out),
         "confusion": lambda: _confusions(main, out),
         "curves": lambda: _learning_curves(main, out),
+        "diagnostics": lambda: _diagnostics(main, out),
     }
     figures, measures = {}, {}
     with tqdm(total=len(steps) + len(runs), desc="plot", unit="step",
