@@ -90,6 +90,20 @@ def read_meta(folder: str | Path) -> dict:
     return meta
 
 
+def with_legacy_defaults(config: Any) -> Any:
+    """A bundle's config with the model keys it predates filled with the values that
+    reproduce the model it was saved from (the config class's ``LEGACY_DEFAULTS``):
+    a key that did not exist then meant the behaviour of that time, not today's default."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict):
+        return config
+    try:
+        legacy = getattr(registry.get(str(model.get("name", "fdrl"))).config_cls, "LEGACY_DEFAULTS", {})
+    except Exception:  # noqa: BLE001 - an unknown model name is reported by from_dict
+        return config
+    return {**config, "model": {**{k: v for k, v in legacy.items() if k not in model}, **model}}
+
+
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
                     backbones: dict[str, torch.nn.Module] | None = None
                     ) -> tuple[EmotionModel, dict, Config]:
@@ -100,7 +114,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
     folder = Path(folder)
     meta = read_meta(folder)
     try:
-        cfg = from_dict(meta["config"])
+        cfg = from_dict(with_legacy_defaults(meta["config"]))
     except FdrlError as exc:
         raise BundleError(f"{folder / META}: config does not match this fdrl version: {exc}") from None
     fields = {f.name for f in dataclasses.fields(InputSpec)}

@@ -79,7 +79,7 @@ classifier's input), the shared trunk that the identity branch reads is ``[H_a; 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping
+from typing import Callable, ClassVar, Literal, Mapping
 
 import torch
 import torch.distributed as dist
@@ -125,6 +125,12 @@ FUSION_TOKENS = {
 class FDRLConfig:
     """Every hyperparameter of FDRL. The input kinds (pooled / sequence / backbone)
     come from the data's :class:`~fdrl.models.base.InputSpec`, not from here."""
+
+    #: what the keys added with the stable game meant before they existed: a bundle
+    #: saved without them is rebuilt as it was trained (fdrl.checkpoint)
+    LEGACY_DEFAULTS: ClassVar[dict] = {
+        "adversary": "loss", "shared_norm": "none", "local_reduction": "sum", "mu_prior": 0.0,
+        "mu_momentum": 0.0, "shared_dropout": True, "orth_reduction": "sum"}
 
     # --- widths ---
     d: int = 128                     # width of S_a, S_t, P_a, P_t (shared/private spaces)
