@@ -131,3 +131,33 @@ def test_history_logs_the_mu_used_in_the_epoch():
     model._acc = torch.tensor([10.0, 0.0, 1.0, 0.0, 0.0, 0.0, 4.0, 4.0, 4.0])
     stats = model.end_epoch()
     assert "mu" not in stats and stats["mu_next"] == pytest.approx(float(model.mu))
+
+
+def test_recalibrated_statistics_standardise_S_in_evaluation_mode():
+    """Dropout before E_s shifts S between training and evaluation; after the trainer's
+    re-estimation in evaluation mode, each modality's S has mean 0 and variance 1 there."""
+    from types import SimpleNamespace
+
+    from fdrl.training.trainer import recalibrate_norms
+
+    g = torch.Generator().manual_seed(1)
+    speech, text = torch.randn(64, 10, generator=g) + 2.0, torch.randn(64, 7, generator=g)
+
+    class Rows:
+        def batches(self, idx, batch_size):
+            for i in range(0, len(idx), batch_size):
+                j = torch.as_tensor(idx[i:i + batch_size])
+                yield SimpleNamespace(inputs=Inputs(speech=speech[j], text=text[j]))
+
+    model = make(dropout=0.5)
+    model.train()
+    for _ in range(5):                                          # running statistics under dropout
+        model(Inputs(speech=speech, text=text))
+    recalibrate_norms(model, Rows(), torch.arange(64).numpy(), 64, torch.device("cpu"))
+    assert model.training                                       # mode restored
+    model.eval()
+    with torch.no_grad():
+        out = model(Inputs(speech=speech, text=text))
+    for S in (out.S_a, out.S_t):
+        assert S.mean(0).abs().max() < 1e-4
+        assert torch.allclose(S.var(0, unbiased=False), torch.ones(8), atol=3e-2)  # (n-1)/n

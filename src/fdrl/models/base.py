@@ -99,6 +99,12 @@ class EmotionModel(nn.Module):
         """Emotion logits (B, C) from the named representations of ``diagnostic_parts``."""
         raise NotImplementedError(f"{type(self).__name__} has no representation parts")
 
+    def calibration_norms(self) -> list[nn.Module]:
+        """Batch-norm layers whose running statistics the trainer re-estimates after
+        every epoch in evaluation mode (dropout off) on training rows, so evaluation
+        standardises with the statistics of what evaluation computes ("precise BN")."""
+        return []
+
     def gradient_probe(self) -> list[nn.Parameter]:
         """Parameters whose gradient norm per loss term ``train.diagnose`` logs (FDRL:
         the shared encoder E_s); empty = no such diagnostic."""

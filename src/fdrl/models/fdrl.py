@@ -230,7 +230,7 @@ class SharedNorm(nn.Module):
             return tuple(self.norm(x) for x in parts)
         out = []
         for bn, x in zip(self.norms, parts):                   # (B, d) each
-            if self.training and x.shape[0] < 2:               # one row: running statistics
+            if bn.training and x.shape[0] < 2:                 # one row: running statistics
                 x = F.batch_norm(x, bn.running_mean, bn.running_var, training=False, eps=bn.eps)
             else:
                 x = bn(x)
@@ -403,6 +403,13 @@ class FDRL(EmotionModel):
         out.loss, out.terms = combine(terms, weights)
         out.weighted_terms = {k: weights[k] * t for k, t in terms.items() if weights.get(k, 0.0)}
         return out
+
+    def calibration_norms(self) -> list[nn.Module]:
+        """The per-modality statistics of S (shared_norm: modality). Dropout before E_s
+        (input blocks, conv front-end) makes the training-mode statistics differ from
+        evaluation's: on IEMOCAP sequences a fresh probe told S_a from S_t at 1.0 on the
+        training rows in evaluation mode with the running statistics."""
+        return list(self.shared_norm.norms) if self.cfg.shared_norm == "modality" else []
 
     def gradient_probe(self) -> list[nn.Parameter]:
         """E_s: the encoder every alignment, disparity and predictor term competes for."""

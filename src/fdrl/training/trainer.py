@@ -185,6 +185,31 @@ def _mean_over_ranks(sums: dict[str, float], n_steps: int) -> dict[str, float]:
     return {k: float(t[i]) / max(1.0, float(t[-1])) for i, k in enumerate(keys)}
 
 
+@torch.no_grad()
+def recalibrate_norms(model: EmotionModel, data: FeatureData, train_idx: np.ndarray,
+                      batch_size: int, device: torch.device, max_rows: int = 2048) -> None:
+    """Re-estimate the running statistics of ``model.calibration_norms()`` with the
+    model in evaluation mode (dropout off) on up to ``max_rows`` training rows (every
+    k-th row: deterministic, no random draw, the same on every rank)."""
+    norms = model.calibration_norms()
+    if not norms or len(train_idx) == 0:
+        return
+    was_training = model.training
+    model.eval()
+    saved = []
+    for bn in norms:
+        saved.append(bn.momentum)
+        bn.reset_running_stats()
+        bn.momentum = None                                  # cumulative average
+        bn.train()
+    rows = np.sort(train_idx)[::max(1, math.ceil(len(train_idx) / max_rows))]
+    for batch in data.batches(rows, batch_size):
+        model(batch.inputs.to(device))
+    for bn, momentum in zip(norms, saved):
+        bn.momentum = momentum
+    model.train(was_training)
+
+
 def term_gradient_norms(out: ModelOutput, params: list[torch.nn.Parameter]) -> dict[str, float]:
     """``{"grad_<term>": ||d (w_k L_k) / d params||}`` for each weighted loss term of
     ``out`` (still attached to the graph), without touching ``.grad``. Under the
@@ -342,6 +367,7 @@ class Trainer:
                 for k, v in out.terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n_steps += 1
+            recalibrate_norms(model, data, train_idx, cfg.eval_batch_size, self.device)
             row = {"epoch": epoch + 1}  # 1-based in logs and metrics
             row.update({f"train_{k}": v for k, v in _mean_over_ranks(sums, n_steps).items()})
             # the mu and GRL lambda this epoch used (means over its steps)
