@@ -185,7 +185,14 @@ def render(records: list[dict]) -> str:
              "the test session is touched once). Diagnostics are on the validation speaker at the "
              "selected epoch (`fdrl.analysis.diagnostics`). UAR/WAR: mean ± std over (fold, seed) "
              "runs, %. p: two-sided Wilcoxon signed-rank over (fold, seed) pairs against the "
-             "reference; ΔUAR: paired bootstrap (1000 resamples of utterances) 95 % CI, points.", ""]
+             "reference; ΔUAR: paired bootstrap (1000 resamples of utterances) 95 % CI, points. "
+             "Learning rate and dropout of each model were chosen on validation only "
+             "(`benchmarks/tune_iemocap.py`, the same 6-point grid for each; results in "
+             "`benchmarks/results/tune_iemocap.json`).", "",
+             "*The numbered sections after this one come from the full `benchmarks/run.py` run "
+             "described in the table above, made before FDRL's adversarial game changed (issue 12); "
+             "their FDRL, S1-S6 and Foal-Net figures describe that older code and are superseded "
+             "for FDRL by this section.*", ""]
     if not records:
         return "\n".join(lines + ["No runs recorded yet.", MARK_END]) + "\n"
     targets = []

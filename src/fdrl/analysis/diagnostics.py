@@ -14,7 +14,8 @@ the model. Keys (``diagnostic_parts = {"S": ("S_a", "S_t"), "P": ("P_a", "P_t")}
     discriminators' own error is not used: an adversary can be fooled by a moving
     target or by scale, a fresh probe cannot.
 ``probe_modality_<X>_speaker_centred`` (when speakers are given)
-    the same probe after removing each speaker's mean from each modality's rows: a
+    the same probe after removing each speaker's mean (estimated on the other half of
+    that speaker's rows) from each modality's rows: a
     high ``probe_modality_X`` with this near 0.5 means S_a and S_t differ by a
     speaker-level offset (an unseen speaker's voice shifts S_a, not S_t), not in
     how emotions are laid out.
@@ -61,13 +62,21 @@ def mean_norm(*arrays: np.ndarray) -> float:
     return float(np.linalg.norm(rows, axis=1).mean())
 
 
-def centre_by_group(X: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """``X`` (N, d) with each group's mean row subtracted from that group's rows."""
+def centre_by_group(X: np.ndarray, groups: np.ndarray, fit: np.ndarray | None = None) -> np.ndarray:
+    """``X`` (N, d) minus, on each row, the mean of its group's rows in ``fit``.
+
+    ``fit`` (N,) bool selects the rows the means come from (default all). A probe
+    should then only see rows outside ``fit``: centring rows with a mean that includes
+    them ties held-out rows to training rows (each group sums to zero) and drives a
+    cross-validated probe *below* chance.
+    """
     X = np.asarray(X, dtype=np.float64).copy()
     groups = np.asarray(groups)
+    fit = np.ones(len(X), dtype=bool) if fit is None else np.asarray(fit, dtype=bool)
     for g in np.unique(groups):
         m = groups == g
-        X[m] -= X[m].mean(axis=0)
+        src = m & fit
+        X[m] -= X[src].mean(axis=0) if src.any() else X[m].mean(axis=0)
     return X
 
 
@@ -114,9 +123,12 @@ def representation_diagnostics(val: Mapping[str, np.ndarray], labels: np.ndarray
         a, b = (reps[m] for m in members[:2])
         out[f"probe_modality_{part}"] = (modality_accuracy(a, b, seed=seed)
                                          if len(members) == 2 and len(a) >= 10 else None)
-        if speakers is not None and len(members) == 2 and len(a) >= 10:
+        if speakers is not None and len(members) == 2 and len(a) >= 20:
+            # means from the even rows, the probe on the odd rows only
+            fit = np.arange(len(a)) % 2 == 0
             out[f"probe_modality_{part}_speaker_centred"] = modality_accuracy(
-                centre_by_group(a, speakers), centre_by_group(b, speakers), seed=seed)
+                centre_by_group(a, speakers, fit)[~fit], centre_by_group(b, speakers, fit)[~fit],
+                seed=seed)
         out[f"norm_{part}"] = mean_norm(*(reps[m] for m in members))
         out[f"drop_{part}_uar"] = (ablation_drop(reps, labels, num_classes,
                                                  {m: train_means[m] for m in members}, classify)
