@@ -45,8 +45,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("fdrl_evidence")
 
 CONFIG = "iemocap_features"
-SYSTEMS = ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "concat", "speech-only", "text-only"]
+SYSTEMS = ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "S0-before", "S1-unbounded", "concat",
+           "speech-only", "text-only"]
 BASELINES = {"concat", "speech-only", "text-only"}
+#: systems of this benchmark only: FDRL as it was before issue 12 (eq. 15 literally, the
+#: old iemocap_features settings), and S1 without the per-modality standardisation of S
+EXTRA = {
+    "S0-before": ["model.adversary=loss", "model.shared_norm=none", "model.local_reduction=sum",
+                  "model.orth_reduction=mean", "model.mu_prior=0.0", "model.mu_momentum=0.0",
+                  "model.shared_dropout=true", "train.grad_clip=1.0"],
+    "S1-unbounded": ["model.use_global=false", "model.use_local=false", "model.use_modality_disc=false",
+                     "model.use_orthogonality=false", "model.shared_norm=none"],
+}
 MEL_SPEC = {"name": "logmel", "sample_rate": 16000, "n_mels": 64, "n_fft": 2048, "hop_length": 512}
 RESULTS = REPO / "benchmarks" / "results" / "fdrl_evidence.jsonl"
 REPORT = REPO / "benchmarks" / "results" / "fdrl_evidence.md"
@@ -60,6 +70,8 @@ def job_key(j: dict) -> tuple:
 def system_overrides(name: str) -> list[str]:
     if name in BASELINES:
         return [f"model.name={name}"]
+    if name in EXTRA:
+        return list(EXTRA[name])
     from fdrl.training.systems import load_systems
 
     sys_ = load_systems().systems[name]
@@ -210,7 +222,7 @@ def render(records: list[dict]) -> str:
                   f"{len(recs)} runs, {sum(r['seconds'] for r in recs) / 60:.0f} min of training.", "",
                   "| system | runs | UAR | WAR | probe S | probe S (speaker-centred) | probe S (training "
                   "speakers) | probe P | norm S / P | drop S (UAR pts) | drop P (UAR pts) | p vs S0 | "
-                  "ΔUAR vs S0 [95 % CI] | significant |",
+                  "ΔUAR (system − S0) [95 % CI] | significant |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in systems:
             rs = [r for r in recs if r["system"] == s]

@@ -225,9 +225,9 @@ def test_mu_is_a_checkpointed_buffer_updated_by_end_epoch():
     model(pooled_batch(), labels=torch.tensor([0, 1, 0, 1, 0, 1]))
     model(pooled_batch(), labels=torch.tensor([0, 1, 0, 1, 0, 1]))
     assert float(model._acc[0]) == 12
-    # hand-set epoch sums [n, g_loss, g_err, l_loss (C), l_err (C)]: per-sample,
+    # hand-set epoch sums [n, g_loss, g_err, l_loss (C), l_wrong (C), l_weight (C)]: per-sample,
     # per-modality losses e_g = 0.1, e_l = [0.2, 0.3]
-    model._acc = torch.tensor([10.0, 1.0, 0.0, 2.0, 3.0, 0.0, 0.0])
+    model._acc = torch.tensor([10.0, 1.0, 0.0, 2.0, 3.0, 0.0, 0.0, 10.0, 10.0])
     stats = model.end_epoch()
     assert stats["mu_next"] == pytest.approx(dynamic_factor(0.1, [0.2, 0.3]))
     assert float(model.mu) == pytest.approx(stats["mu_next"])
@@ -235,11 +235,11 @@ def test_mu_is_a_checkpointed_buffer_updated_by_end_epoch():
     assert {"disc_global_error", "disc_local_loss", "mu_estimate"} <= set(stats)
     assert model._acc is None                             # accumulators reset
     # no discriminator beats chance -> mu kept
-    model._acc = torch.tensor([1.0, 0.69, 0.5, 0.69, 0.69, 0.5, 0.5])
+    model._acc = torch.tensor([1.0, 0.69, 0.5, 0.69, 0.69, 0.5, 0.5, 1.0, 1.0])
     assert model.end_epoch()["mu_next"] == pytest.approx(stats["mu_next"])
     # error-rate convention: e_g = 0.1, e_l = [0.4, 0.4] -> d_g = 1.6, d_l = 0.4
     model.cfg.mu_error = "error_rate"
-    model._acc = torch.tensor([10.0, 9.0, 1.0, 9.0, 9.0, 4.0, 4.0])
+    model._acc = torch.tensor([10.0, 9.0, 1.0, 9.0, 9.0, 4.0, 4.0, 10.0, 10.0])
     assert model.end_epoch()["mu_next"] == pytest.approx(1.6 / 2.0)
     # round trip through a state dict
     other = make(C)
@@ -255,7 +255,7 @@ def test_mu_fixed_pins_mu_and_eval_does_not_accumulate():
     model.eval()
     model(pooled_batch(), labels=torch.arange(6) % 4)
     assert model._acc is None
-    model._acc = torch.tensor([10.0, 1.0, 0.0] + [2.0] * 4 + [0.0] * 4)
+    model._acc = torch.tensor([10.0, 1.0, 0.0] + [2.0] * 4 + [0.0] * 4 + [10.0] * 4)
     assert model.end_epoch()["mu_next"] == 0.0 and float(model.mu) == 0.0
 
 

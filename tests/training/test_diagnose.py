@@ -38,7 +38,7 @@ def test_cv_writes_diagnostics_from_validation_rows_only(tiny_corpus, feature_ca
     assert seen and not any(set(s) & set(test_rows) for s in seen)   # training rows for the means
     fold = read_json(next(run_dir.glob("folds/*/metrics.json")))
     d = fold["diagnostics"]
-    assert set(DIAGNOSTIC_KEYS) <= set(d) and "probe_modality_S_speaker_centred" in d
+    assert set(DIAGNOSTIC_KEYS) <= set(d) and "probe_modality_S_train" in d
     assert 0.0 <= d["probe_modality_S"] <= 1.0 and 0.0 <= d["probe_modality_P"] <= 1.0
     assert d["norm_S"] > 0 and d["norm_P"] > 0
     assert -1.0 <= d["drop_S_uar"] <= 1.0 and -1.0 <= d["drop_P_uar"] <= 1.0

@@ -64,9 +64,9 @@ mu_prior: 0, mu_momentum: 0``):
 - Measured and rejected (fold 1, validation speaker): central-moment matching of S_a
   and S_t (probe 0.81-0.94, but S became dead weight), a paired loss
   ||S_a - S_t||^2 (0.86-0.95), a speaker adversary on S (0.90), a 10x discriminator
-  learning rate (0.96). What remains on an unseen speaker is a speaker-level offset:
-  the probe drops to chance once each speaker's mean is removed, and is 0.69 on the
-  training speakers (BENCHMARKS.md).
+  learning rate (0.96). What remains is mostly on unseen speakers: over 5 folds x 3
+  seeds the probe is 0.90 on the validation speaker, 0.68 once that speaker's mean is
+  removed, and 0.58 on the training speakers (BENCHMARKS.md).
 
 Emotion/identity disentanglement (``identity``, spec identity.md, see
 :mod:`fdrl.models.identity`): the emotion embedding is the fused vector (the
@@ -208,8 +208,8 @@ class SharedNorm(nn.Module):
     dimension, so ||S|| is about sqrt(d) and the first two moments of S_a and S_t
     agree by construction. Measured on IEMOCAP fold 1 (`fdrl cv --config
     iemocap_features`): with a LayerNorm the GRL game left a mean offset of norm 4-5
-    between S_a and S_t that a fresh linear probe used (0.99 on validation, 0.42 once
-    each speaker's mean is removed) while the discriminators sat at chance; the
+    between S_a and S_t that a fresh linear probe used (0.99 on validation) while the
+    discriminators sat at chance; the
     adversaries are left to align what standardisation cannot (the class-conditional
     structure, eq. 5). ``"layer"``: LayerNorm without affine (||S|| = sqrt(d) per
     row). ``"none"``: the paper (unbounded).
@@ -334,9 +334,9 @@ class FDRL(EmotionModel):
         cw = None if cfg.class_weights is None else torch.tensor(cfg.class_weights,
                                                                   dtype=torch.float32)
         self.register_buffer("config_class_weights", cw, persistent=False)
-        # epoch sums for mu, laid out [n, g_loss, g_err, l_loss (C), l_err (C)]: sample
-        # count, then per-modality discriminator losses (L_g / 2, L_l^c / 2) and error
-        # rates times samples. A plain attribute, not a buffer: DDP would overwrite
+        # epoch sums for mu, laid out [n, g_loss, g_err, l_loss (C), l_wrong (C), l_weight (C)]:
+        # sample count, per-modality discriminator losses (L_g / 2, L_l^c / 2) and the global
+        # error rate times samples, then each class's yhat-weighted errors and weights. A plain attribute, not a buffer: DDP would overwrite
         # buffers with rank 0's at every forward; end_epoch all-reduces instead.
         self._acc: torch.Tensor | None = None
         self.extra_losses: list[ExtraLoss] = []
@@ -511,7 +511,7 @@ class FDRL(EmotionModel):
             # discriminator c cannot see (yhat^c ~ 0) is no evidence about subdomain c
             wrong = (loc.detach().argmax(-1) != y_mod).float()         # (C, 2B)
             wt = yhat.t()                                               # (C, 2B)
-            l_err = (wrong * wt).sum(1) / wt.sum(1).clamp_min(1e-8)     # (C,)
+            l_err = ((wrong * wt).sum(1), wt.sum(1))                    # (C,) numerator, weight
 
         # 4. fine-grained disparity (eq. 9-10)
         if self.modality_disc is not None:
@@ -531,16 +531,21 @@ class FDRL(EmotionModel):
     # ------------------------------------------------------------------ mu (eq. 6-8)
     @torch.no_grad()
     def _accumulate(self, B: int, L_g, g_err, per_class, l_err) -> None:
-        """Add this batch's per-modality, per-sample discriminator losses and errors."""
+        """Add this batch's per-modality, per-sample discriminator losses and errors.
+
+        ``l_err`` is ``(sum_i yhat_i^c wrong_i^c, sum_i yhat_i^c)`` per class: numerator
+        and weight are summed separately (over batches and ranks), so the epoch's
+        weighted error rate does not depend on how the rows were split."""
         C = self.num_classes
-        row = self.mu.new_zeros(3 + 2 * C)                  # layout of self._acc
+        row = self.mu.new_zeros(3 + 3 * C)                  # layout of self._acc
         row[0] = B
         if L_g is not None:
             row[1] = L_g.detach() / 2 * B                   # L_g sums two modality means
             row[2] = g_err * B
         if per_class is not None:
             row[3:3 + C] = per_class.detach() / 2 * B       # (C,)
-            row[3 + C:] = l_err * B                          # (C,)
+            row[3 + C:3 + 2 * C] = l_err[0]                  # (C,) weighted wrong
+            row[3 + 2 * C:] = l_err[1]                       # (C,) weights
         self._acc = row if self._acc is None else self._acc.to(row.device) + row
 
     @torch.no_grad()
@@ -552,7 +557,7 @@ class FDRL(EmotionModel):
         and error rates.
         """
         cfg, C = self.cfg, self.num_classes
-        acc = self._acc if self._acc is not None else self.mu.new_zeros(3 + 2 * C)
+        acc = self._acc if self._acc is not None else self.mu.new_zeros(3 + 3 * C)
         self._acc = None
         if dist.is_available() and dist.is_initialized():
             acc = acc.to(self.mu.device)
@@ -562,7 +567,8 @@ class FDRL(EmotionModel):
         stats: dict[str, float] = {}
         if n > 0:
             g_loss, g_err = float(acc[1]) / n, float(acc[2]) / n
-            l_loss, l_err = acc[3:3 + C] / n, acc[3 + C:] / n               # (C,) each
+            l_loss, w = acc[3:3 + C] / n, acc[3 + 2 * C:]                   # (C,) each
+            l_err = torch.where(w > 0, acc[3 + C:3 + 2 * C] / w.clamp_min(1e-12), 0.5)  # (C,)
             use_err = cfg.mu_error == "error_rate"
             e_g, e_l = (g_err, l_err) if use_err else (g_loss, l_loss)
             if cfg.use_global:

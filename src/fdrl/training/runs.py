@@ -182,7 +182,8 @@ def format_table(results: dict) -> str:
     rows.append(f"{'std':>4}  {'':>12}  {'':>5}  {_pct(w['std']):>7}  {_pct(u['std']):>7}")
     if results.get("diagnostics"):
         rows.append("diagnostics (validation rows, mean ± std over folds):")
-        rows += [f"  {k:<18} {v['mean']:.3f} ± {v['std']:.3f}"
+        width = max(len(k) for k in results["diagnostics"])
+        rows += [f"  {k:<{width}}  {v['mean']:.3f} ± {v['std']:.3f}"
                  for k, v in results["diagnostics"].items() if v["mean"] is not None]
     return "\n".join(rows)
 

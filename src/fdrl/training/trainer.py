@@ -188,26 +188,33 @@ def _mean_over_ranks(sums: dict[str, float], n_steps: int) -> dict[str, float]:
 @torch.no_grad()
 def recalibrate_norms(model: EmotionModel, data: FeatureData, train_idx: np.ndarray,
                       batch_size: int, device: torch.device, max_rows: int = 2048) -> None:
-    """Re-estimate the running statistics of ``model.calibration_norms()`` with the
-    model in evaluation mode (dropout off) on up to ``max_rows`` training rows (every
-    k-th row: deterministic, no random draw, the same on every rank)."""
+    """Set the running statistics of ``model.calibration_norms()`` to the exact mean and
+    (unbiased) variance of their inputs with the model in evaluation mode (dropout off)
+    on up to ``max_rows`` training rows (every k-th row: deterministic, no random draw).
+    Every rank computes the same figures locally, so a distributed run and a single
+    process end with identical statistics."""
     norms = model.calibration_norms()
     if not norms or len(train_idx) == 0:
         return
+    seen: list[list[torch.Tensor]] = [[] for _ in norms]
+    hooks = [bn.register_forward_pre_hook(
+        lambda module, args, i=i: seen[i].append(args[0].detach().float()))
+        for i, bn in enumerate(norms)]
     was_training = model.training
     model.eval()
-    saved = []
-    for bn in norms:
-        saved.append(bn.momentum)
-        bn.reset_running_stats()
-        bn.momentum = None                                  # cumulative average
-        bn.train()
-    rows = np.sort(train_idx)[::max(1, math.ceil(len(train_idx) / max_rows))]
-    for batch in data.batches(rows, batch_size):
-        model(batch.inputs.to(device))
-    for bn, momentum in zip(norms, saved):
-        bn.momentum = momentum
-    model.train(was_training)
+    try:
+        rows = np.sort(train_idx)[::max(1, math.ceil(len(train_idx) / max_rows))]
+        for batch in data.batches(rows, batch_size):
+            model(batch.inputs.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for bn, xs in zip(norms, seen):
+        x = torch.cat(xs)                                       # (N, d)
+        if len(x) >= 2:
+            bn.running_mean.copy_(x.mean(0).to(bn.running_mean.dtype))
+            bn.running_var.copy_(x.var(0, unbiased=True).to(bn.running_var.dtype))
 
 
 def term_gradient_norms(out: ModelOutput, params: list[torch.nn.Parameter]) -> dict[str, float]:
