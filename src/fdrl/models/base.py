@@ -58,9 +58,11 @@ class ModelOutput:
     loss: torch.Tensor | None = None
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
-    #: the weighted terms of ``loss`` still attached to the graph (name -> scalar), for
-    #: the per-term gradient diagnostic (``train.diagnose``); empty when not provided
-    weighted_terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the terms ``loss`` sums, still attached to the graph, with their weights
+    #: (name -> (scalar term, weight)), for the per-term gradient diagnostic
+    #: (``train.diagnose``); references only, nothing is computed for it. Empty when
+    #: the model does not provide them
+    loss_parts: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)
 
 
 class EmotionModel(nn.Module):

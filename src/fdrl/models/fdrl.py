@@ -401,7 +401,7 @@ class FDRL(EmotionModel):
                     raise ValueError(f"extra loss '{name}' clashes with a built-in term")
                 terms[name], weights[name] = term, float(w)
         out.loss, out.terms = combine(terms, weights)
-        out.weighted_terms = {k: weights[k] * t for k, t in terms.items() if weights.get(k, 0.0)}
+        out.loss_parts = {k: (t, weights[k]) for k, t in terms.items() if weights.get(k, 0.0)}
         return out
 
     def calibration_norms(self) -> list[nn.Module]:

@@ -218,18 +218,18 @@ def recalibrate_norms(model: EmotionModel, data: FeatureData, train_idx: np.ndar
 
 
 def term_gradient_norms(out: ModelOutput, params: list[torch.nn.Parameter]) -> dict[str, float]:
-    """``{"grad_<term>": ||d (w_k L_k) / d params||}`` for each weighted loss term of
-    ``out`` (still attached to the graph), without touching ``.grad``. Under the
+    """``{"grad_<term>": ||d (w_k L_k) / d params||}`` for each loss term of ``out``
+    (``out.loss_parts``, still attached to the graph), without touching ``.grad``. Under the
     reversed adversary a discriminator's term reaches the encoder only through its
     scaled, reversed gradient, so this is exactly what each term sends into it."""
     params = [p for p in params if p.requires_grad]
-    if not params or not out.weighted_terms:
+    if not params or not out.loss_parts:
         return {}
     norms = {}
-    for name, term in out.weighted_terms.items():
+    for name, (term, weight) in out.loss_parts.items():
         grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
         sq = sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None)
-        norms[f"grad_{name}"] = math.sqrt(sq)
+        norms[f"grad_{name}"] = abs(weight) * math.sqrt(sq)
     return norms
 
 
