@@ -118,6 +118,18 @@ def run_job(job: dict, manifest: str, out: str, epochs: int | None) -> dict:
             "predictions": [[p["utt_id"], p["label"], p["pred"]] for p in preds]}
 
 
+def commit_of(record: dict) -> str:
+    """The git commit the run's code came from (its run.json), short form."""
+    if record.get("git_commit"):
+        return record["git_commit"][:7] + ("-dirty" if record["git_commit"].endswith("dirty") else "")
+    try:
+        env = json.loads((Path(record["run_dir"]) / "run.json").read_text())["environment"]
+        c = env.get("git_commit") or "?"
+    except (OSError, ValueError, KeyError):
+        return "?"
+    return c[:7] + ("-dirty" if c.endswith("dirty") else "")
+
+
 def read_records(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -217,9 +229,11 @@ def render(records: list[dict]) -> str:
         seeds = sorted({r["seed"] for r in recs})
         epochs = sorted({next((o.split("=")[1] for o in r["overrides"] if o.startswith("train.epochs=")),
                               "config (30)") for r in recs})
+        commits = sorted({commit_of(r) for r in recs})
         lines += [f"### {inp} inputs", "",
                   f"Folds {folds}, seeds {seeds}, epochs at most {', '.join(epochs)}; "
-                  f"{len(recs)} runs, {sum(r['seconds'] for r in recs) / 60:.0f} min of training.", "",
+                  f"{len(recs)} runs, {sum(r['seconds'] for r in recs) / 60:.0f} min of training "
+                  f"(2 at a time); code at commit {', '.join(f'`{c}`' for c in commits)}.", "",
                   "| system | runs | UAR | WAR | probe S | probe S (speaker-centred) | probe S (training "
                   "speakers) | probe P | norm S / P | drop S (UAR pts) | drop P (UAR pts) | p vs S0 | "
                   "ΔUAR (system − S0) [95 % CI] | significant |",

@@ -54,6 +54,16 @@ def test_cv_writes_diagnostics_from_validation_rows_only(tiny_corpus, feature_ca
     assert float(rows[-1]["grad_align_global"]) == 0 < float(rows[-1]["grad_align_global_confusion"])
 
 
+def test_misa_gets_the_same_diagnostics(tiny_corpus, feature_cache, tmp_path):
+    cfg = load_config("demo", tiny_overrides(tiny_corpus, feature_cache, tmp_path,
+                                             **{"cv.folds": "[1]", "model.name": "misa",
+                                                "train.epochs": 1, "train.diagnose": "true"}))
+    run_dir, results = run_cv(cfg, progress=False)
+    assert set(DIAGNOSTIC_KEYS) <= set(results["folds"][0]["diagnostics"])
+    rows = list(csv.DictReader(open(next(run_dir.glob("folds/*/history.csv")))))
+    assert float(rows[0]["grad_misa_sim"]) > 0                 # MISA's E_s gets L_sim's gradient
+
+
 def test_models_without_parts_get_no_diagnostics(tiny_corpus, feature_cache, tmp_path):
     cfg = load_config("demo", tiny_overrides(tiny_corpus, feature_cache, tmp_path,
                                              **{"cv.folds": "[1]", "model.name": "concat",

@@ -389,7 +389,20 @@ class MISA(EmotionModel):
             terms["misa_recon"] = F.mse_loss(rec.float(), torch.cat([h_a, h_t]).detach().float())
             weights["misa_recon"] = cfg.recon_weight
         out.loss, out.terms = combine(terms, weights)
+        out.loss_parts = {k: (t, weights[k]) for k, t in terms.items() if weights.get(k, 0.0)}
         return out
+
+    #: shared/private parts for the validation diagnostics (fdrl.analysis.diagnostics)
+    diagnostic_parts = {"S": ("S_a", "S_t"), "P": ("P_a", "P_t")}
+
+    @torch.no_grad()
+    def classify(self, reps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Emotion logits (B, C) from given S_a, S_t, P_a, P_t (the fusion and classifier)."""
+        tokens = torch.stack([reps[k] for k in ("S_a", "S_t", "P_a", "P_t")], dim=1)  # (B, 4, d)
+        return self.classifier(self.fusion(tokens))
+
+    def gradient_probe(self) -> list[nn.Parameter]:
+        return list(self.shared.parameters())
 
 
 @register("misa", MISAConfig, doc="MISA (arXiv 2005.03545): shared/private encoders, CMD "
