@@ -65,8 +65,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def rng_state(device: torch.device) -> dict:
-    """Python, numpy and torch generator states (and CUDA's when training on a GPU)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Python, numpy and torch generator states (and CUDA's when training on a GPU), in
+    types ``torch.load(weights_only=True)`` accepts: numpy's key array as a tensor."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached)),
              "torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -75,7 +79,9 @@ def rng_state(device: torch.device) -> dict:
 
 def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss,
+                         cached))
     torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
@@ -431,7 +437,9 @@ class Trainer:
         """Restore model, optimiser, scheduler and RNG states from ``path``; return the
         file's contents (epoch, counters, history, best weights)."""
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+            # weights_only: tensors, numbers, strings and containers only; a file that holds
+            # anything else (a pickled object, i.e. code) is refused, never executed
+            state = torch.load(path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler"):
