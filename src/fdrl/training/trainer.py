@@ -446,7 +446,11 @@ class Trainer:
                 scheduler.load_state_dict(state["scheduler"])
             rngs = state["rng"]
         except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc).lower():
+                reason = ("it holds objects other than tensors, numbers and strings, "
+                          "possibly code; refused, nothing in it was run")
+            else:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RunError(f"{path}: cannot resume from this training state ({reason[:200]}); "
                            f"delete it to restart this fold from its first epoch") from None
         if isinstance(rngs, dict):  # a single-process state
