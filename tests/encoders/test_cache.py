@@ -146,3 +146,26 @@ def test_precomputed_rows(tmp_path):
     assert extract_features(m, PrecomputedEncoder(dim=8), tmp_path / "c", progress=False).n_cached == 4
     with pytest.raises(DataError, match="no 'audio'.*--speech precomputed"):
         extract_features(m, LogMelEncoder(), tmp_path / "c", progress=False)
+
+
+def test_corrupt_shard_is_set_aside_and_re_encoded_with_one_warning(tmp_path, caplog):
+    m = text_manifest(tmp_path, n=8)
+    enc = CountingText()
+    first = extract_features(m, enc, tmp_path / "c", batch_size=2, shard_size=4, progress=False)
+    folder = cache_folder(tmp_path / "c", enc)
+    shards = sorted(folder.glob("shard-*.npz"))
+    assert len(shards) == 2
+    shards[0].write_bytes(shards[0].read_bytes()[:50])  # cut off (a bad disk, a copy stopped)
+    caplog.set_level("WARNING", logger="fdrl.encoders.cache")
+    again = CountingText()
+    table = extract_features(m, again, tmp_path / "c", batch_size=2, shard_size=4, progress=False)
+    assert again.items == 4 and table.n_cached == 4  # only the lost shard's utterances
+    np.testing.assert_array_equal(table.pooled, first.pooled)
+    warnings = [r for r in caplog.records if "unreadable cache shard" in r.getMessage()]
+    assert len(warnings) == 1 and "moved to" in warnings[0].getMessage()
+    assert not shards[0].exists() and (folder / (shards[0].name + ".corrupt")).is_file()
+    caplog.clear()
+    third = CountingText()
+    extract_features(m, third, tmp_path / "c", batch_size=2, shard_size=4, progress=False)
+    assert third.calls == 0  # repaired: nothing encoded, nothing warned
+    assert not [r for r in caplog.records if "unreadable cache shard" in r.getMessage()]

@@ -210,10 +210,27 @@ def _read_shards(folder: Path, sequences: bool) -> _Index:
                     shard.frames, shard.offsets, shard.lengths = (
                         z["seq_frames"], z["seq_offsets"], z["seq_lengths"])
         except Exception as exc:  # a damaged shard costs a re-encode, never a crash
-            log.warning("%s: unreadable cache shard ignored (%s)", path, exc)
+            _set_aside(path, exc)
             continue
         index.add(shard, keys)
     return index
+
+
+def _set_aside(path: Path, exc: Exception) -> None:
+    """Move an unreadable shard out of the cache (``<name>.corrupt``, which no glob of a
+    shard matches), so its utterances are encoded again in this run and it is warned
+    about once, not on every run. Where the folder is read-only it is only ignored."""
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:  # another process moved it aside first
+        return
+    except OSError as err:
+        log.warning("%s: unreadable cache shard ignored (%s); cannot move it aside (%s)",
+                    path, exc, err)
+        return
+    log.warning("%s: unreadable cache shard (%s) moved to %s; its utterances are encoded again",
+                path, str(exc)[:200], aside.name)
 
 
 def _write_shard(folder: Path, keys: list[str], ids: list[str], pooled: list[np.ndarray],
