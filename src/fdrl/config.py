@@ -235,7 +235,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override '{text}': empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load_bounded(raw) if raw.strip() else None
+    except YAMLTooLarge as exc:
+        raise ConfigError(f"override '{key}': {exc}") from None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string; it means a float
@@ -283,11 +285,76 @@ def resolve_config_path(name_or_path: str) -> Path:
                       f"(built-in: {', '.join(known)})")
 
 
+#: a config file is a few kB; anything this large is not one
+MAX_YAML_BYTES = 1 << 20
+#: values a YAML document may expand to, aliases counted at every use ("billion laughs":
+#: nine nested aliases of nine-item lists expand to 9**9 values from 200 bytes)
+MAX_YAML_VALUES = 100_000
+
+
+class YAMLTooLarge(yaml.YAMLError):
+    """A YAML document larger than :data:`MAX_YAML_BYTES` or whose aliases expand to more
+    than :data:`MAX_YAML_VALUES` values (or into themselves)."""
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """Number of values ``node`` stands for once every alias is expanded; raises
+    :class:`YAMLTooLarge` past ``limit`` or on an alias that contains itself. Aliases
+    share their node, so each node is sized once (memoised): linear in the document."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise YAMLTooLarge("an alias refers to a value that contains it (a recursive alias)")
+        open_.add(key)
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        else:
+            total = 1
+        open_.discard(key)
+        if total > limit:
+            raise YAMLTooLarge(f"the document expands to more than {limit:,} values (YAML aliases "
+                               f"repeated inside each other?); a config is far smaller")
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses documents whose aliases expand past
+    :data:`MAX_YAML_VALUES` values or into themselves, before building any object."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, MAX_YAML_VALUES)
+        return node
+
+
+def safe_load_bounded(text: str) -> Any:
+    """``yaml.safe_load`` with bounds on size and alias expansion (:class:`YAMLTooLarge`)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise YAMLTooLarge(f"larger than {MAX_YAML_BYTES >> 20} MiB; a config is a few kB")
+    return yaml.load(text, Loader=BoundedSafeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise YAMLTooLarge(f"larger than {MAX_YAML_BYTES >> 20} MiB; a config is a few kB")
+        data = safe_load_bounded(raw.decode("utf-8")) or {}
+    except YAMLTooLarge as exc:
+        raise ConfigError(f"{path}: not a usable config: {exc}") from None
     except yaml.YAMLError as exc:
         # the context mark points at what was left open (e.g. an unclosed "["), which is
         # where the fix goes; otherwise the problem's own position

@@ -121,3 +121,42 @@ def test_damaged_bundle(bundle, damage, words):
     damage(bundle)
     with pytest.raises(BundleError, match=words):
         load_checkpoint(bundle)
+
+
+@pytest.mark.parametrize("text, words", [
+    (FAST_CONFIG.replace("features:\n", "x: &b [&a [1, *a]]\nfeatures:\n"),
+     "recursive alias"),
+    ("features:\n  speech: &a {name: logmel, more: [*a]}\n", "recursive alias"),
+], ids=["recursive-list", "recursive-mapping"])
+def test_recursive_yaml_alias_is_one_line(tmp_path, capsys, text, words):
+    cfg = tmp_path / "rec.yaml"
+    cfg.write_text(text)
+    assert main(["cv", "--config", str(cfg), "data.manifest=x"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert str(cfg) in line and words in line
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, capsys):
+    bomb = ["features:", "  speech:", "    name: logmel",
+            "    a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    bomb += [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text("\n".join(bomb) + "\n")
+    assert len(cfg.read_bytes()) < 1000
+    assert main(["cv", "--config", str(cfg), "data.manifest=x"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert str(cfg) in line and "expands to more than 100,000 values" in line
+
+
+def test_huge_config_file_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "huge.yaml"
+    cfg.write_text(FAST_CONFIG + "# " + "x" * (2 << 20) + "\n")
+    assert main(["cv", "--config", str(cfg), "data.manifest=x"]) == 2
+    assert f"{cfg}: not a usable config: larger than 1 MiB" in error_line(capsys.readouterr().err)
+
+
+def test_ordinary_yaml_aliases_still_work(tmp_path):
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("features:\n  speech: &s {name: logmel, n_mels: 16}\n"
+                   "  text: {<<: *s, name: none}\n")
+    assert load_config(str(cfg)).features.speech == {"name": "logmel", "n_mels": 16}

@@ -36,7 +36,7 @@ import yaml
 
 from fdrl import metrics
 from fdrl.checkpoint import build_model, save_checkpoint
-from fdrl.config import Config, from_dict
+from fdrl.config import Config, YAMLTooLarge, from_dict, safe_load_bounded
 from fdrl.data.folds import Fold, check_fold_classes, make_folds, validation_split
 from fdrl.data.manifest import Manifest, read_manifest
 from fdrl.errors import ConfigError, RunError
@@ -280,7 +280,9 @@ def load_run_config(run_dir: Path) -> Config:
         raise RunError(f"{run_dir}: not a run folder (config.yaml missing; a run stopped before "
                        f"writing it has nothing to resume: start it again)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_bounded(path.read_text(encoding="utf-8"))
+    except YAMLTooLarge as exc:
+        raise RunError(f"{path}: not a usable config: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: not a readable config ({type(exc).__name__})") from None
     cfg = from_dict(data)

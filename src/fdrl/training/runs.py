@@ -212,7 +212,7 @@ def _read_run(run_dir: Path) -> tuple[dict, dict]:
     """(run.json, experiment config dict) of a run folder, with RunErrors for damage."""
     import yaml
 
-    from fdrl.config import from_dict
+    from fdrl.config import from_dict, safe_load_bounded
 
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: run folder not found")
@@ -221,7 +221,7 @@ def _read_run(run_dir: Path) -> tuple[dict, dict]:
             raise RunError(f"{run_dir}: not a run folder ({name} missing)")
     try:
         meta = read_json(run_dir / "run.json")
-        cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+        cfg = from_dict(safe_load_bounded((run_dir / "config.yaml").read_text(encoding="utf-8")))
     except (ValueError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise RunError(f"{run_dir}: unreadable config.yaml or run.json ({type(exc).__name__})") from None
     meta.setdefault("experiment_sha256", experiment_sha256(cfg))  # runs from before the field
