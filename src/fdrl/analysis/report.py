@@ -20,7 +20,6 @@ measures are computed on every fold and reported as mean ± std over folds.
 from __future__ import annotations
 
 import csv
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 from fdrl.analysis import measures as M
 from fdrl.analysis import plots as P
 from fdrl.errors import RunError
-from fdrl.utils.io import read_json, write_json, write_npz, write_text
+from fdrl.utils.io import read_json, write_csv, write_json, write_npz, write_text
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +136,8 @@ def fresh_dir(path: str | Path) -> Path:
 
 
 def _csv(path: Path, header: list[str], rows) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    write_text(path, buf.getvalue())
+    """A figure's numbers as CSV; ids and class names are spreadsheet-safe text."""
+    write_csv(path, header, rows)
 
 
 def run_measures(run: RunInfo, seed: int = 0) -> dict:
