@@ -85,8 +85,9 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     Raises
     ------
     BundleError
-        Not a bundle, unreadable ``bundle.json``, unsupported format version, missing
-        fields, or a model fine-tuned end to end (not supported by ``predict`` yet).
+        Not a bundle, unreadable ``bundle.json``, unsupported format version, a field
+        missing or of the wrong type or size (:func:`fdrl.checkpoint.check_meta`), or a
+        model fine-tuned end to end (not supported by ``predict`` yet).
     """
     path = Path(path)
     if not path.is_dir():
@@ -97,9 +98,9 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     if not isinstance(encoders, dict) or not any(encoders.get(m) for m in ("speech", "text")):
         raise BundleError(f"{where}: field 'encoders' is missing or names no encoder; the bundle "
                           f"cannot say how to turn audio/text into model inputs")
-    if not isinstance(meta["classes"], list) or len(meta["classes"]) < 2:
-        raise BundleError(f"{where}: field 'classes' must list at least 2 class names")
-    if (meta["config"].get("features") or {}).get("finetune"):
+    # types, ranges, classes and encoders are checked by read_meta's schema
+    if ((meta["config"].get("features") or {}).get("finetune")
+            or any((encoders.get(m) or {}).get("finetune") for m in ("speech", "text"))):
         raise BundleError(f"{where}: the model was fine-tuned end to end (features.finetune); "
                           f"predicting with such bundles is not supported yet")
     return Bundle(path=path, meta=meta)
