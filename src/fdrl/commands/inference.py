@@ -4,24 +4,36 @@ Batch output (``--out preds.jsonl``) is appended a chunk at a time: every chunk 
 written with one ``write`` of whole lines, then flushed and fsynced. A run that is
 killed loses at most the chunk in flight; the next run drops a trailing partial
 line, skips every ``utt_id`` already in the file and predicts the rest.
+
+Every line carries two fingerprints: ``bundle_fingerprint`` (the bundle's
+``bundle.json`` and weights, see :attr:`Predictor.fingerprint`) and
+``input_fingerprint`` (the row's text, and size and modification time of its audio /
+features file). A resume that would mix predictions of another bundle, or of inputs
+that changed since, is refused (one line, nothing written): predict into a new
+``--out``. An existing ``--out`` that is not such a file is refused the same way,
+before anything in it is changed.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-from fdrl.data.manifest import json_lines
+from fdrl.data.manifest import json_lines, unicode_problem
 from fdrl.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 #: manifest columns read by ``fdrl predict --manifest``
 INPUT_KEYS = ("utt_id", "audio", "text", "features")
+#: how every line written by ``fdrl predict --out`` begins (json.dumps of the result)
+LINE_START = b'{"utt_id": '
 
 
 def register(sub) -> None:
@@ -82,14 +94,20 @@ def read_inputs(path: str | Path) -> list[dict]:
         path = path / "manifest.jsonl"
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
-    raw: list[tuple[int, dict]] = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        if path.suffix.lower() in (".csv", ".tsv"):
-            reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            raw = [(n + 2, {k: (v if v != "" else None) for k, v in row.items()})
-                   for n, row in enumerate(reader)]
-        else:
-            raw = list(json_lines(fh, path))
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        f"re-save it as UTF-8") from None
+    fh = io.StringIO(text, newline="")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        raw = [(n + 2, {k: (v if v != "" else None) for k, v in row.items()})
+               for n, row in enumerate(reader)]
+    else:
+        raw = list(json_lines(fh, path))
     rows, seen = [], set()
     for lineno, row in raw:
         utt = row.get("utt_id")
@@ -97,6 +115,9 @@ def read_inputs(path: str | Path) -> list[dict]:
             raise DataError(f"{path}:{lineno}: field 'utt_id' is missing or empty (it keys the "
                             f"output and the resume)")
         utt = str(utt)
+        if unicode_problem(utt) is not None:
+            raise DataError(f"{path}:{lineno}: utt_id {utt!r} is not valid Unicode text "
+                            f"({unicode_problem(utt)}); it keys the output: fix it")
         if utt in seen:
             raise DataError(f"{path}:{lineno}: duplicate utt_id '{utt}'")
         seen.add(utt)
@@ -112,40 +133,121 @@ def read_inputs(path: str | Path) -> list[dict]:
     return rows
 
 
-def _done_ids(out: Path) -> set[str]:
-    """utt_ids already in ``out``; a trailing partial line (a kill mid-write) is cut off."""
+def input_fingerprint(row: dict) -> str:
+    """sha256 (first 16 hex digits) of what a row's prediction reads: its text, and the
+    size and modification time (ns) of its audio / features file ("missing" if none)."""
+    parts: list = []
+    for key in ("audio", "features"):
+        ref = row.get(key)
+        if not ref:
+            continue
+        base, _, member = str(ref).partition("#") if key == "features" else (str(ref), "", "")
+        try:
+            st = os.stat(base)
+            parts.append([key, member, st.st_size, st.st_mtime_ns])
+        except (OSError, ValueError):  # missing, or a name the OS cannot take
+            parts.append([key, member, "missing"])
+    parts.append(["text", row.get("text")])
+    return hashlib.sha256(json.dumps(parts).encode("ascii")).hexdigest()[:16]
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    """1-based line number of byte ``offset``."""
+    return data.count(b"\n", 0, offset) + 1
+
+
+def _not_predictions(out: Path, where: str, what: str) -> DataError:
+    return DataError(f"{where}: {what}; --out {out} is not a predictions file of `fdrl predict` "
+                     f"(left unchanged): choose a new --out")
+
+
+def _read_done(out: Path) -> tuple[dict[str, tuple[int, str, str]], int | None]:
+    """The predictions already in ``out``, checked, without changing the file.
+
+    Returns
+    -------
+    ``{utt_id: (line, bundle_fingerprint, input_fingerprint)}``, and the length to cut
+    the file to when its last line was cut off by a kill (None when it is whole).
+
+    Raises
+    ------
+    DataError
+        ``out`` is a folder, not UTF-8, or holds a line that ``fdrl predict`` does not
+        write (then nothing may be appended to it, nor cut off).
+    """
+    if not out.exists():
+        return {}, None
     if not out.is_file():
-        return set()
+        kind = "is a folder" if out.is_dir() else "is not a regular file"
+        raise DataError(f"--out {out}: {kind}; expected a JSON-lines file for the predictions")
     data = out.read_bytes()
     end = data.rfind(b"\n") + 1
-    if end < len(data):
-        log.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run",
-                    out, len(data) - end)
-        with open(out, "rb+") as fh:
-            fh.truncate(end)
-            fh.flush()
-            os.fsync(fh.fileno())
-    done = set()
-    for lineno, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
+    tail = data[end:]
+    try:
+        text = data[:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_predictions(out, f"{out}:{_line_of(data, exc.start)}",
+                               "not UTF-8 text") from None
+    done: dict[str, tuple[int, str, str]] = {}
+    for lineno, line in enumerate(text.split("\n")[:-1], 1):
         if not line.strip():
             continue
         try:
-            done.add(str(json.loads(line)["utt_id"]))
-        except (ValueError, KeyError, TypeError):
-            raise DataError(f"{out}:{lineno}: not a prediction line (expected JSON with 'utt_id'); "
-                            f"is --out the right file?") from None
-    return done
+            r = json.loads(line)
+            ok = (isinstance(r, dict) and isinstance(r.get("utt_id"), str)
+                  and ("error" in r or "probabilities" in r))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise _not_predictions(out, f"{out}:{lineno}", "not a prediction line (JSON with "
+                                   "'utt_id' and 'probabilities' or 'error')")
+        fps = r.get("bundle_fingerprint"), r.get("input_fingerprint")
+        if not all(isinstance(f, str) for f in fps):
+            raise DataError(f"{out}:{lineno}: prediction line without bundle and input "
+                            f"fingerprints (written by an older fdrl): cannot tell whether it "
+                            f"matches this bundle and these inputs; choose a new --out")
+        done[r["utt_id"]] = (lineno, *fps)
+    # a line cut off by a kill is the beginning of a line this command writes
+    if tail and not (tail.startswith(LINE_START) or LINE_START.startswith(tail)):
+        raise _not_predictions(out, f"{out}:{_line_of(data, end)}",
+                               "the last line is neither a prediction line nor the beginning "
+                               "of one")
+    return done, (end if tail else None)
+
+
+def _check_resume(out: Path, done: dict, rows: list[dict], bundle_fp: str, manifest) -> None:
+    """Refuse to add to predictions made by another bundle or from other inputs."""
+    for utt, (lineno, bfp, _) in done.items():
+        if bfp != bundle_fp:
+            raise DataError(f"{out}:{lineno}: predicted with another model bundle (fingerprint "
+                            f"{bfp}; --model gives {bundle_fp}); predictions of two bundles are "
+                            f"not mixed in one file: choose a new --out")
+    for row in rows:
+        if row["utt_id"] in done:
+            lineno, _, ifp = done[row["utt_id"]]
+            if ifp != row["fingerprint"]:
+                raise DataError(f"{out}:{lineno}: utterance '{row['utt_id']}' was predicted from "
+                                f"other input (its text, audio or features file changed since; "
+                                f"{manifest}:{row['line']}); choose a new --out to predict "
+                                f"again")
 
 
 def _append(out: Path, results: list[dict]) -> None:
     """Append whole lines in one write, then fsync: a chunk is on disk or (partly) cut off."""
     if not results:
         return
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+    text = "".join(_line(r) for r in results)
     with open(out, "ab") as fh:
         fh.write(text.encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _line(result: dict) -> str:
+    line = json.dumps(result, ensure_ascii=False)
+    if unicode_problem(line) is not None:  # e.g. an error message quoting bad text
+        line = json.dumps(result)  # \ud800 escapes: still JSON, and UTF-8
+    return line + "\n"
 
 
 def predict_manifest(predictor, manifest: str | Path, out: str | Path, batch_size: int = 16,
@@ -169,8 +271,23 @@ def predict_manifest(predictor, manifest: str | Path, out: str | Path, batch_siz
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     out = Path(out)
     rows = read_inputs(manifest)
+    if out.exists() and out.resolve() == Path(manifest).resolve():
+        raise DataError(f"--out {out} is the --manifest file; write the predictions to a new file")
+    # check everything before anything is changed: a foreign --out, another bundle,
+    # changed inputs are refused with the file as it was
+    done, cut = _read_done(out)
+    bundle_fp = predictor.fingerprint
+    for row in rows:
+        row["fingerprint"] = input_fingerprint(row)
+    _check_resume(out, done, rows, bundle_fp, manifest)
+    if cut is not None:
+        log.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run",
+                    out, out.stat().st_size - cut)
+        with open(out, "rb+") as fh:
+            fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_ids(out)
     todo = [r for r in rows if r["utt_id"] not in done]
     counts = {"rows": len(rows), "skipped": len(rows) - len(todo), "predicted": 0, "bad": 0}
     bar = tqdm(total=len(todo), unit="utt", desc="predict", disable=None if progress else True,
@@ -183,6 +300,7 @@ def predict_manifest(predictor, manifest: str | Path, out: str | Path, batch_siz
                                               embeddings=embeddings, skip_bad=True)
             keep = []
             for row, res in zip(chunk, results):
+                res.update(bundle_fingerprint=bundle_fp, input_fingerprint=row["fingerprint"])
                 if "error" in res:
                     if not skip_bad:
                         _append(out, keep)
@@ -201,7 +319,7 @@ def predict_manifest(predictor, manifest: str | Path, out: str | Path, batch_siz
 
 
 def cmd_predict(args) -> int:
-    from fdrl.inference.predict import load
+    from fdrl.inference.predict import check_text, load
 
     if args.manifest:
         if not args.out:
@@ -211,7 +329,12 @@ def cmd_predict(args) -> int:
     elif args.audio is None and args.text is None and args.features is None:
         raise ConfigError("nothing to predict: pass --audio FILE and/or --text \"...\", or "
                           "--manifest FILE --out preds.jsonl")
+    if args.text is not None and unicode_problem(args.text) is not None:
+        raise DataError(f"--text: not valid UTF-8 ({unicode_problem(args.text)}); pass the "
+                        f"transcript as UTF-8 text")
     predictor = load(args.model, device=args.device, asr=args.asr, asr_language=args.asr_language)
+    if args.text is not None and predictor.text_encoder is not None:
+        check_text(args.text, "--text")
     if args.manifest:
         c = predict_manifest(predictor, args.manifest, args.out, args.batch_size, args.skip_bad,
                              args.embeddings, progress=not args.quiet)

@@ -23,6 +23,7 @@ Relative paths in ``audio`` and ``features`` are resolved against the manifest's
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +34,23 @@ from fdrl.utils.io import read_json, write_json, write_jsonl
 REQUIRED_KEYS = ("utt_id", "corpus", "session", "speaker", "label", "audio", "text", "duration")
 OPTIONAL_KEYS = ("gender", "scripted", "label_raw", "fold", "features", "dialog")
 MANIFEST_NAME = "manifest.jsonl"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode text (None when it is).
+
+    Python keeps bytes that were not UTF-8 as surrogates: an undecodable command-line
+    byte becomes U+DC80..U+DCFF (surrogateescape), a JSON ``"\\ud800"`` (valid JSON) an
+    unpaired surrogate. Tokenizers and UTF-8 writers fail on both.
+    """
+    bad = _SURROGATE.search(text)
+    if bad is None:
+        return None
+    code, at = ord(bad.group()), bad.start() + 1
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"undecodable byte 0x{code - 0xDC00:02x} at character {at}"
+    return f"unpaired surrogate U+{code:04X} at character {at}"
 LABELS_NAME = "labels.json"
 
 
@@ -133,6 +151,11 @@ def read_manifest(path: str | Path) -> Manifest:
         for key in ("utt_id", "label"):
             if row.get(key) in (None, ""):
                 raise DataError(f"{mpath}:{lineno}: field '{key}' is missing or empty")
+        for key, value in row.items():
+            problem = unicode_problem(value) if isinstance(value, str) else None
+            if problem is not None:  # tokenizers and UTF-8 writers would fail on it later
+                raise DataError(f"{mpath}:{lineno}: field '{key}' is not valid Unicode text "
+                                f"({problem}); fix the row")
         rows.append(row)
     if not rows:
         raise DataError(f"{mpath}: manifest has no rows")

@@ -15,7 +15,8 @@ import torch
 from fdrl.encoders.base import Encoded, Encoder
 from fdrl.encoders.pooling import check_layer, masked_mean, select_layer
 from fdrl.encoders.registry import MINILM_ID, load_pretrained, resolve_hf_model
-from fdrl.errors import ConfigError
+from fdrl.data.manifest import unicode_problem
+from fdrl.errors import ConfigError, DataError
 
 
 class HFTextEncoder(Encoder):
@@ -91,11 +92,17 @@ class HFTextEncoder(Encoder):
 
     @torch.inference_mode()
     def encode(self, items: Sequence[str], sequences: bool = False) -> list[Encoded]:
-        """Encode texts; ``""`` is valid (it encodes as [CLS] [SEP]).
+        """Encode texts; ``""`` is valid (it encodes as [CLS] [SEP]); text holding
+        surrogates (bytes that were not UTF-8) is a :class:`DataError`.
 
         Returns one :class:`Encoded` per text: pooled (d,) float32 and, with
         ``sequences``, the (L_i, d) float32 vectors of the real tokens.
         """
+        for i, t in enumerate(items):
+            problem = unicode_problem(t) if isinstance(t, str) else None
+            if problem is not None:  # the tokenizer would fail with a TypeError
+                raise DataError(f"text encoder: text {i + 1} of {len(items)} is not valid "
+                                f"Unicode text ({problem})")
         out: list[Encoded] = []
         for start in range(0, len(items), self.batch_size):
             batch = [str(t) for t in items[start:start + self.batch_size]]

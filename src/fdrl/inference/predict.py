@@ -21,7 +21,10 @@ log-mel recipe of the IEMOCAP dump); without one they score given features only
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -31,12 +34,34 @@ import numpy as np
 import torch
 
 from fdrl import __version__
+from fdrl.data.manifest import unicode_problem
 from fdrl.errors import BundleError, DataError, FdrlError
 from fdrl.inference.bundle import SAMPLE_RATE, Bundle, read_bundle, rebuild_encoder
 from fdrl.models.base import Inputs
 
 _F16_MAX = float(np.finfo(np.float16).max)
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def check_text(text: Any, name: str) -> str:
+    """``text`` if it is a usable transcript, else a :class:`DataError` naming ``name``.
+
+    Training refuses empty and whitespace-only transcripts (a model would read padding),
+    so prediction does too.
+    """
+    if not isinstance(text, str):
+        raise DataError(f"{name}: 'text' must be a string, got {type(text).__name__}")
+    problem = unicode_problem(text)
+    if problem is not None:
+        raise DataError(f"{name}: text is not valid UTF-8 ({problem}); pass the transcript "
+                        f"as UTF-8 text")
+    if not text.strip():
+        raise DataError(f"{name}: empty transcript {text!r}; this model reads text and was "
+                        f"trained on non-empty transcripts only: pass the words spoken")
+    return text
 
 
 # ----------------------------------------------------------------------------- audio
@@ -148,6 +173,7 @@ class Predictor:
         wave_encoder = compute_encoder if self.precomputed else speech_encoder
         self.min_samples = int(getattr(wave_encoder, "min_samples", 0) or 0)
         self._lock = threading.Lock()
+        self._fingerprint: str | None = None  # see fingerprint
         # one helper thread encodes the text while the speech encoder runs (see _run)
         self._pool = (ThreadPoolExecutor(1, thread_name_prefix="fdrl-text")
                       if speech_encoder is not None and text_encoder is not None
@@ -164,6 +190,25 @@ class Predictor:
     def needs_text(self) -> bool:
         """True when a call must bring a transcript (text model and no ASR)."""
         return self.text_encoder is not None and self.transcriber is None
+
+    @property
+    def fingerprint(self) -> str:
+        """What the predictions depend on besides the inputs: sha256 (first 16 hex digits)
+        of the bundle's ``bundle.json`` and weights, and of the ASR model's spec."""
+        if self._fingerprint is None:
+            from fdrl.checkpoint import META, WEIGHTS
+
+            h = hashlib.sha256()
+            for name in (META, WEIGHTS):
+                path = self.bundle.path / name
+                h.update(f"{name}:{path.stat().st_size}:".encode())
+                with open(path, "rb") as fh:
+                    while block := fh.read(1 << 20):
+                        h.update(block)
+            if self.transcriber is not None:
+                h.update(json.dumps(self.transcriber.spec(), sort_keys=True).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def info(self) -> dict[str, Any]:
         """Model name, classes, modalities, encoders and versions (for ``/health``)."""
@@ -212,6 +257,12 @@ class Predictor:
                             f"got {type(item).__name__}")
         audio, sr = item.get("audio"), item.get("sr")
         text, features = item.get("text"), item.get("features")
+        for key, value in (("audio", audio), ("features", features)):
+            # a JSON "\\ud800" in a path cannot be a file name (undecodable bytes from the
+            # command line, U+DC80..U+DCFF, can: the OS gets the original bytes back)
+            if isinstance(value, str) and re.search("[\ud800-\udc7f\udd00-\udfff]", value):
+                raise DataError(f"{name}: '{key}' path is not valid Unicode text "
+                                f"({unicode_problem(value)}): {value!r}")
         out = _Item()
         if self.speech_encoder is not None:
             if features is not None:
@@ -230,17 +281,16 @@ class Predictor:
                                 f"array> (CLI: --audio FILE)"
                                 + (" or features=..." if self.precomputed else ""))
         if self.text_encoder is not None:
-            if text is not None and not isinstance(text, str):
-                raise DataError(f"{name}: 'text' must be a string, got {type(text).__name__}")
-            if text is None:
-                if self.transcriber is None:
-                    raise DataError(f"{name}: no transcript; this model reads text: pass text=... "
-                                    f"(CLI: --text \"...\") or transcribe the audio with asr=MODEL "
-                                    f"(CLI: --asr openai/whisper-small or a local folder)")
-                if out.wave is None:
-                    if audio is None:
-                        raise DataError(f"{name}: neither text nor audio to transcribe")
-                    out.wave = self._load_wave(audio, sr, name, 0)
+            if text is not None:
+                check_text(text, name)  # not empty, valid Unicode
+            elif self.transcriber is None:
+                raise DataError(f"{name}: no transcript; this model reads text: pass text=... "
+                                f"(CLI: --text \"...\") or transcribe the audio with asr=MODEL "
+                                f"(CLI: --asr openai/whisper-small or a local folder)")
+            elif out.wave is None:
+                if audio is None:
+                    raise DataError(f"{name}: neither text nor audio to transcribe")
+                out.wave = self._load_wave(audio, sr, name, 0)
             out.text = text
         return out
 
@@ -487,4 +537,4 @@ def load(bundle: str | os.PathLike, device: str = "cpu", asr: Any = None,
     return Predictor(b, model, speech, text, dev, compute_encoder=compute, transcriber=transcriber)
 
 
-__all__ = ["Predictor", "load", "waveform_from_array"]
+__all__ = ["Predictor", "check_text", "load", "waveform_from_array"]
