@@ -27,6 +27,7 @@ from typing import Any
 from fdrl.checkpoint import META, WEIGHTS, read_meta
 from fdrl.errors import BundleError, ConfigError
 from fdrl.utils.io import read_json, write_json
+from fdrl.utils.lock import acquire, release
 
 HISTORY = "history.csv"
 #: the rate every encoder takes its waveforms at (the feature cache loads audio at it)
@@ -188,24 +189,52 @@ def default_bundle_dir(name: str, parent: str | os.PathLike = "bundles") -> Path
     raise BundleError(f"{parent}: could not find a free bundle folder name for '{name}'")
 
 
+_staging_locks: dict[Path, Path] = {}  # staging folder -> the lock file of its bundle name
+
+
 def staging_dir(out: Path) -> Path:
-    """A hidden, unique folder next to ``out`` that :func:`publish` renames onto it."""
+    """A hidden, unique folder next to ``out`` that :func:`publish` renames onto it.
+
+    Takes an exclusive lock on the name ``out`` (``.<name>.lock`` next to it, released
+    by :func:`publish` or :func:`abandon`, or by the operating system when the process
+    ends), so a second process writing the same bundle stops at once instead of after
+    its training."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    lock_file = out.parent / f".{out.name}.lock"
+    acquire(lock_file, "bundle folder (it is being written)", BundleError, folder=out)
+    try:
+        check_new_folder(out)  # published by another process while we waited to start
+        tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except BaseException:
+        release(lock_file, remove=True)
+        raise
+    _staging_locks[tmp] = lock_file
     return tmp
+
+
+def abandon(staging: Path) -> None:
+    """Remove an unfinished staging folder and give back its bundle name's lock."""
+    shutil.rmtree(staging, ignore_errors=True)
+    lock_file = _staging_locks.pop(staging, None)
+    if lock_file is not None:
+        release(lock_file, remove=True)
 
 
 def publish(staging: Path, out: Path) -> Path:
     """Rename the finished ``staging`` folder to ``out``; error if ``out`` appeared meanwhile."""
-    if out.exists():  # os.rename would silently replace an empty folder
-        shutil.rmtree(staging, ignore_errors=True)
-        check_new_folder(out)
     try:
+        if out.exists():  # os.rename would silently replace an empty folder
+            check_new_folder(out)
         os.rename(staging, out)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         raise BundleError(f"{out}: cannot create the bundle folder ({exc})") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        lock_file = _staging_locks.pop(staging, None)
+        if lock_file is not None:
+            release(lock_file, remove=True)
     return out
 
 
@@ -268,6 +297,6 @@ def export_fold(run_dir: str | os.PathLike, fold: str, out: str | os.PathLike | 
                                  "time": _dt.datetime.now().isoformat(timespec="seconds")}
         write_json(tmp / META, meta)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        abandon(tmp)
         raise
     return publish(tmp, out)

@@ -48,6 +48,7 @@ from fdrl.training.data import (FeatureData, RawData, bad_rows_error, drop_rows,
 from fdrl.training.runs import aggregate, environment, experiment_sha256, new_run_dir
 from fdrl.training.trainer import Trainer, predict, resolve_device, seed_everything
 from fdrl.utils.io import read_json, sha256_text, write_json, write_jsonl, write_npz, write_text
+from fdrl.utils.lock import LOCK_NAME, acquire, release
 
 log = logging.getLogger(__name__)
 
@@ -257,21 +258,36 @@ def run_meta(cfg: Config, prep: Prepared) -> dict:
 
 
 def start_run(cfg: Config, prep: Prepared, run_dir: Path | None = None) -> Path:
-    """Create the run folder and record config.yaml + run.json.
+    """Create the run folder, lock it (:mod:`fdrl.utils.lock`; the caller releases the
+    lock) and record config.yaml + run.json.
 
     ``run_dir`` may exist only if it is empty: a run folder is never overwritten.
     """
+    def check_empty(folder: Path) -> None:
+        if folder.exists() and (not folder.is_dir() or _has_files(folder)):
+            raise RunError(f"--run-dir {folder}: folder exists and is not empty; runs are never "
+                           f"overwritten (use --resume {folder} to continue it)")
+
     if run_dir is None:
         run_dir = new_run_dir(cfg.run.out_dir, cfg.run.name)
     else:
         run_dir = Path(run_dir)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise RunError(f"--run-dir {run_dir}: folder exists and is not empty; runs are never "
-                           f"overwritten (use --resume {run_dir} to continue it)")
+        check_empty(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", cfg.to_yaml())
-    write_json(run_dir / "run.json", run_meta(cfg, prep))
+    acquire(run_dir / LOCK_NAME, "run folder")  # released when run_cv ends
+    try:
+        check_empty(run_dir)  # another process may have started in it meanwhile
+        write_text(run_dir / "config.yaml", cfg.to_yaml())
+        write_json(run_dir / "run.json", run_meta(cfg, prep))
+    except BaseException:
+        release(run_dir / LOCK_NAME)
+        raise
     return run_dir
+
+
+def _has_files(folder: Path) -> bool:
+    """True when ``folder`` holds anything but a lock file."""
+    return any(p.name != LOCK_NAME for p in folder.iterdir())
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -332,23 +348,41 @@ def check_folds(manifest: Manifest, folds: list[Fold]) -> None:
 def run_cv(cfg: Config, run_dir: Path | None = None, resume: bool = False,
            progress: bool = True, prep: Prepared | None = None) -> tuple[Path, dict]:
     """Run (or resume) cross-validation; returns (run folder, results dict)."""
+    locked: list[Path] = []  # the run folder's lock file, held by rank 0 while it runs
+
+    def lock(folder: Path) -> None:
+        acquire(folder / LOCK_NAME, "run folder")
+        locked.append(folder / LOCK_NAME)
+
     if resume:
         if run_dir is None or not Path(run_dir).is_dir():
             raise RunError(f"--resume: run folder {run_dir} does not exist")
         cfg = load_run_config(Path(run_dir))
-    prep = prep or prepare(cfg, progress=progress)
-    folds = select_folds(make_folds(prep.manifest, cfg.cv.protocol), cfg.cv.folds)
-    check_folds(prep.manifest, folds)
-    if resume:
-        D.run_on_main(lambda: check_resumable(Path(run_dir), cfg, prep))
-    else:
-        run_dir = D.run_on_main(lambda: str(start_run(cfg, prep, run_dir)))
-    run_dir = Path(run_dir)
-    for fold in folds:
-        fold_dir = run_dir / "folds" / _fold_dirname(fold)
-        if (fold_dir / "metrics.json").is_file():
-            log.info("fold %s already done: skipped", fold.name)
-            continue
-        run_fold(cfg, prep, fold, fold_dir, progress=progress)
-    results = D.run_on_main(lambda: aggregate(run_dir))
+        # before anything is cleaned up or trained: a second --resume of the same run
+        # would train the same folds and delete this process's temporary files
+        D.run_on_main(lambda: lock(Path(run_dir)))
+    try:
+        prep = prep or prepare(cfg, progress=progress)
+        folds = select_folds(make_folds(prep.manifest, cfg.cv.protocol), cfg.cv.folds)
+        check_folds(prep.manifest, folds)
+        if resume:
+            D.run_on_main(lambda: check_resumable(Path(run_dir), cfg, prep))
+        else:
+            def start() -> str:
+                folder = start_run(cfg, prep, run_dir)  # takes the lock
+                locked.append(folder / LOCK_NAME)
+                return str(folder)
+
+            run_dir = D.run_on_main(start)
+        run_dir = Path(run_dir)
+        for fold in folds:
+            fold_dir = run_dir / "folds" / _fold_dirname(fold)
+            if (fold_dir / "metrics.json").is_file():
+                log.info("fold %s already done: skipped", fold.name)
+                continue
+            run_fold(cfg, prep, fold, fold_dir, progress=progress)
+        results = D.run_on_main(lambda: aggregate(run_dir))
+    finally:
+        for lock_file in locked:
+            release(lock_file, remove=True)
     return run_dir, results

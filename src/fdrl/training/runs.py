@@ -238,7 +238,7 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
             shutil.copy2(s, d)
 
     shutil.copytree(src, dst, copy_function=link,
-                    ignore=shutil.ignore_patterns("resume.pt", ".*.tmp"))
+                    ignore=shutil.ignore_patterns("resume.pt", ".*.tmp", ".fdrl.lock"))
 
 
 def collect_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> tuple[Path, dict]:
