@@ -56,25 +56,44 @@ _SECTIONS = ("data", "features", "model", "train", "cv", "run")
 # ---------------------------------------------------------------------------- writing
 
 
-def write_atomic(path: str | Path, write: Callable[[Any], None]) -> Path:
-    """Write ``path`` atomically through ``write(file object)``.
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` as an OSError that names ``path`` (its errno kept)."""
+    if exc.filename is not None and Path(exc.filename) == path:
+        return exc
+    code = exc.errno if exc.errno is not None else errno.EIO
+    return OSError(code, exc.strerror or str(exc), str(path))
+
+
+def write_via(path: str | Path, write: Callable[[Any], None], name: str | Path | None = None) -> None:
+    """Write ``path`` through ``write(Python file object)``; an OSError names ``name``
+    (default ``path``; the final name when ``path`` is an atomic write's temporary file).
 
     Writers get a Python file object, never a path: torch's C++ writer turns an
     operating-system error (a full disk) into a RuntimeError without errno or file
-    name; through a file object it stays an OSError. The OSError raised here names
-    ``path`` (the CLI prints it as one line, exit code 1).
+    name; through a file object it stays an OSError (the CLI prints it as one line,
+    exit code 1).
     """
+    try:
+        with open(path, "wb") as fh:
+            write(fh)
+    except OSError as exc:
+        raise _naming(exc, Path(name if name is not None else path)) from exc
+
+
+def write_atomic(path: str | Path, write: Callable[[Any], None]) -> Path:
+    """:func:`write_via` into a temporary file renamed onto ``path`` (``atomic_path``)."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                write(fh)
+            write_via(tmp, write, name=path)
     except OSError as exc:
-        if exc.filename is not None and Path(exc.filename) == path:
-            raise
-        code = exc.errno if exc.errno is not None else errno.EIO
-        raise OSError(code, exc.strerror or str(exc), str(path)) from exc
+        raise _naming(exc, path) from exc
     return path
+
+
+def torch_save(obj: Any, path: str | Path, name: str | Path | None = None) -> None:
+    """``torch.save(obj, path)`` through a Python file object (see :func:`write_via`)."""
+    write_via(path, lambda fh: torch.save(obj, fh), name=name)
 
 
 def save_torch(obj: Any, path: str | Path) -> Path:

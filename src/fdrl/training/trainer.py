@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fdrl import metrics
-from fdrl.checkpoint import save_torch
+from fdrl.checkpoint import torch_save
 from fdrl.config import TrainConfig
 from fdrl.errors import ConfigError, RunError
 from fdrl.models.base import EmotionModel, ModelOutput
@@ -415,15 +415,16 @@ class Trainer:
             if resume_path is not None:
                 # every rank's generators: their dropout draws differ once batch sizes do
                 rngs = D.all_gather_objects(rng_state(self.device))
-                if D.is_main():  # save_torch: a full disk is an OSError naming the file
-                    save_torch({
-                        "epoch": epoch, "model": model.state_dict(),
-                        "optimizer": self.optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "best_score": best_score, "best_epoch": best_epoch,
-                        "bad_epochs": bad_epochs, "stopped_early": stopped_early,
-                        "history": history, "best_state": best_state, "rng": rngs,
-                    }, resume_path)
+                if D.is_main():
+                    with atomic_path(resume_path) as tmp:  # a full disk: OSError naming the file
+                        torch_save({
+                            "epoch": epoch, "model": model.state_dict(),
+                            "optimizer": self.optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                            "best_score": best_score, "best_epoch": best_epoch,
+                            "bad_epochs": bad_epochs, "stopped_early": stopped_early,
+                            "history": history, "best_state": best_state, "rng": rngs,
+                        }, tmp, name=resume_path)
             D.barrier()
             if stopped_early:
                 break
