@@ -234,3 +234,97 @@ def test_predict_resume_refuses_another_bundle_or_changed_inputs(bundle, predict
     # nothing changed: the new row is added, the old ones are kept
     assert predict_manifest(predictor, more, out, progress=False)["predicted"] == 1
     assert out.read_bytes().startswith(first) and len(out.read_text().splitlines()) == 4
+
+
+# ----------------------------------------------------------------------------- fdrl train
+
+
+def _staging(parent, name, owner=None, age_s=0.0):
+    """A staging folder like a `fdrl train` one; ``owner``: the pid file's content."""
+    from fdrl.training.full import PID_FILE
+
+    folder = parent / name
+    folder.mkdir(parents=True)
+    (folder / "history.csv").write_text("epoch\n1\n")
+    if owner is not None:
+        (folder / PID_FILE).write_text(json.dumps(owner))
+    if age_s:
+        t = os.stat(folder).st_mtime - age_s
+        for p in (*folder.iterdir(), folder):
+            os.utime(p, (t, t))
+    return folder
+
+
+def test_stale_partial_bundle_folders_are_removed_live_ones_kept(tmp_path):
+    import socket
+
+    from fdrl.training.full import _process_start, clean_stale_partials
+
+    host = socket.gethostname()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = _process_start(alive.pid)
+        dead = _staging(tmp_path, ".demo-1.partial-0123abcd", {"pid": ended.pid, "host": host})
+        reused = _staging(tmp_path, ".demo-2.partial-0123abce",
+                          {"pid": alive.pid, "host": host, "start": "1"})  # pid now another process
+        old = _staging(tmp_path, ".demo-3.partial-0123abcf", age_s=3 * 24 * 3600)  # no pid file
+        keep = [
+            _staging(tmp_path, ".demo-4.partial-89abcdef", {"pid": alive.pid, "host": host,
+                                                             "start": start}),
+            _staging(tmp_path, ".demo-5.partial-89abcdee"),  # no pid file, recent: maybe an export
+            _staging(tmp_path, ".demo-6.partial-89abcded", {"pid": ended.pid, "host": "elsewhere"}),
+            _staging(tmp_path, ".demo-7.partial-89abcdec", {"pid": os.getpid(), "host": host,
+                                                             "start": _process_start(os.getpid())}),
+            _staging(tmp_path, "demo-8.partial-89abcdeb", {"pid": ended.pid, "host": host}),
+            _staging(tmp_path, ".demo-9.other-89abcdea", {"pid": ended.pid, "host": host}),
+        ]
+        assert sorted(clean_stale_partials(tmp_path)) == sorted([dead, reused, old])
+        assert all(p.is_dir() for p in keep) and not any(p.exists() for p in (dead, reused, old))
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_killed_train_leaves_a_partial_folder_the_next_run_removes(tmp_path, capsys):
+    import signal
+    import time
+
+    from fdrl.training.full import PID_FILE
+    from tests.robustness import REPO, audio_corpus, fast_config
+
+    corpus = audio_corpus(tmp_path / "corpus")
+    cfg = fast_config(tmp_path)
+    parent = tmp_path / "bundles"
+    common = ["--config", str(cfg), "--quiet", f"data.manifest={corpus}",
+              f"features.cache_dir={tmp_path / 'cache'}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "fdrl", "train", *common, "train.epochs=100000",
+                                 "--out", str(parent / "killed")], env=env, cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.time() + 120
+        while not list(parent.glob(f".killed.partial-*/{PID_FILE}")):
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "err.txt").read_text()
+            time.sleep(0.05)
+        partial = next(parent.glob(".killed.partial-*"))
+        # while its writer trains, another run leaves the folder alone
+        assert main(["train", *common, "--out", str(parent / "a")]) == 0
+        assert partial.is_dir()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert partial.is_dir()  # a kill leaves it behind ...
+    assert main(["train", *common, "--out", str(parent / "b")]) == 0
+    assert not partial.exists()  # ... and the next run removes it
+    assert not list(parent.glob(".*.partial-*")) and (parent / "a").is_dir()
+    assert PID_FILE not in {p.name for p in (parent / "b").iterdir()}
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (parent / "b").iterdir()}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # model.safetensors included
